@@ -1,0 +1,216 @@
+// The admission decision: permits, outcome counters, window accounting, shedding episodes. No Fastify
+// and no clock: the glue passes `now` and the sampled loop signals in.
+
+import { AdaptiveLimit, clamp, finiteOr, type LimitSettings } from './limit.js'
+import { RetryAfterPolicy, type RetryAfterSettings } from './retry-after.js'
+
+export type Mode = 'enforce' | 'observe'
+
+/** Why a request was refused: the adaptive limit, or one of the ceilings @fastify/under-pressure watches. */
+export type RejectReason = 'limit' | 'heap' | 'rss' | 'health' | 'event_loop'
+
+/** Outcome of one admission decision. `observed` = over the limit in observe mode: let through, counted. */
+export type Outcome = 'admitted' | 'rejected' | 'observed'
+
+/**
+ * What the decision knows about a request. Only one class exists today; the class and tenant are part of
+ * the decision's signature so that priority tiers and per-tenant fair share slot in without a rewrite.
+ */
+export interface RequestClass {
+  readonly name: string
+}
+
+export const DEFAULT_CLASS: RequestClass = Object.freeze({ name: 'default' })
+
+/** Loop signals of one sampling window, as measured by the sampler. */
+export interface LoopWindow {
+  durationMs: number
+  elu: number
+  delayP99Ms: number
+}
+
+export interface ControllerSettings extends LimitSettings {
+  mode: Mode
+  /** Startup grace: nothing is refused for this long after start, while the estimates are learned. */
+  graceMs: number
+  retryAfter: RetryAfterSettings
+  /** A shedding episode ends after this long without refusals. */
+  quietMs: number
+}
+
+/** Read-only view of the controller, as `fastify.admission` returns it. */
+export interface AdmissionSnapshot {
+  readonly mode: Mode
+  /** Current adaptive concurrency limit. */
+  readonly limit: number
+  /** Requests admitted and not yet finished. */
+  readonly inflight: number
+  /** Event-loop utilisation over the last window, 0..1. */
+  readonly eventLoopUtilization: number
+  /** Event-loop delay (99th percentile over the last window, beyond the sampling resolution), seconds. */
+  readonly eventLoopDelaySeconds: number
+  /** Offered ÷ sustainable throughput (≈ ELU without overload; > 1 = capacity missing). */
+  readonly saturation: number
+  /** Estimated sustainable throughput, requests per second (0 while unknown). */
+  readonly capacity: number
+  /** Whether requests are being refused (or, in observe mode, would be). */
+  readonly shedding: boolean
+  /** Retry-After currently advertised (before per-response jitter), seconds. */
+  readonly retryAfterSeconds: number
+}
+
+/** Totals since start, for the metrics module. */
+export interface OutcomeTotals {
+  admitted: number
+  /** Refused, by reason. */
+  rejected: Record<RejectReason, number>
+  /** Would have been refused (observe mode), by reason. */
+  observed: Record<RejectReason, number>
+}
+
+/** What changed in a window that a person should hear about. */
+export type SheddingEvent =
+  | { type: 'start', limit: number, inflight: number, saturation: number }
+  | { type: 'stop', rejected: number, durationMs: number }
+  | undefined
+
+const REASONS: readonly RejectReason[] = ['limit', 'heap', 'rss', 'health', 'event_loop']
+
+function zeroByReason (): Record<RejectReason, number> {
+  const r = {} as Record<RejectReason, number>
+  for (const reason of REASONS) r[reason] = 0
+  return r
+}
+
+export class AdmissionController {
+  readonly mode: Mode
+  readonly limiter: AdaptiveLimit
+  readonly retryAfter: RetryAfterPolicy
+  readonly totals: OutcomeTotals = { admitted: 0, rejected: zeroByReason(), observed: zeroByReason() }
+
+  inflight = 0
+  elu = 0
+  delayP99Ms = 0
+  saturation = 0
+  shedding = false
+
+  readonly #settings: ControllerSettings
+  readonly #graceUntil: number
+  #enforcing = false
+  // Window accumulators, reset by onWindow().
+  #arrivals = 0
+  #refused = 0
+  #completed = 0
+  #latencySumMs = 0
+  // Shedding episode.
+  #episodeStart = 0
+  #episodeRefused = 0
+  #lastRefusalAt = 0
+
+  constructor (settings: ControllerSettings, nowMs: number, random?: () => number) {
+    this.#settings = settings
+    this.mode = settings.mode
+    this.limiter = new AdaptiveLimit(settings)
+    this.retryAfter = new RetryAfterPolicy(settings.retryAfter, random)
+    this.#graceUntil = nowMs + settings.graceMs
+  }
+
+  get limit (): number {
+    return this.limiter.limit
+  }
+
+  /**
+   * Decide for one request. On `admitted` and `observed` the caller holds a permit and must call
+   * release() exactly once. The class and tenant are unused while there is a single class.
+   */
+  acquire (_klass: RequestClass, _tenant?: string): Outcome {
+    this.#arrivals++
+    if (!this.#enforcing || this.inflight < this.limiter.limit) {
+      this.inflight++
+      this.totals.admitted++
+      return 'admitted'
+    }
+    this.#refused++
+    if (this.mode === 'observe') {
+      this.inflight++
+      this.totals.observed.limit++
+      return 'observed'
+    }
+    this.totals.rejected.limit++
+    return 'rejected'
+  }
+
+  /** Count a refusal decided elsewhere (the under-pressure ceilings): no permit was taken. */
+  refuse (reason: RejectReason): void {
+    this.#arrivals++
+    this.#refused++
+    this.totals.rejected[reason]++
+  }
+
+  /** Give a permit back. `finished` = the response was sent in full (not a client abort). */
+  release (latencyMs: number, finished: boolean): void {
+    this.inflight--
+    if (finished && latencyMs >= 0 && latencyMs < Infinity) {
+      this.#completed++
+      this.#latencySumMs += latencyMs
+    }
+  }
+
+  /** Close one sampling window: learn, decide whether to enforce, step Retry-After, report episodes. */
+  onWindow (loop: LoopWindow, nowMs: number): SheddingEvent {
+    const durationMs = finiteOr(loop.durationMs, 0)
+    const refused = this.#refused
+    const arrivals = this.#arrivals
+    this.elu = clamp(finiteOr(loop.elu, 0), 0, 1)
+    this.delayP99Ms = Math.max(0, finiteOr(loop.delayP99Ms, 0))
+    this.limiter.update({
+      durationMs,
+      elu: this.elu,
+      completed: this.#completed,
+      latencySumMs: this.#latencySumMs,
+      rejected: refused
+    })
+    this.#enforcing = this.limiter.pressure && nowMs >= this.#graceUntil
+    this.#arrivals = 0
+    this.#refused = 0
+    this.#completed = 0
+    this.#latencySumMs = 0
+
+    if (durationMs > 0) {
+      const capacity = this.limiter.capacity
+      const sample = capacity > 0 ? (arrivals * 1000 / durationMs) / capacity : this.elu
+      this.saturation += 0.5 * (sample - this.saturation)
+    }
+
+    let event: SheddingEvent
+    if (refused > 0) {
+      this.#lastRefusalAt = nowMs
+      this.#episodeRefused += refused
+      if (!this.shedding) {
+        this.shedding = true
+        this.#episodeStart = nowMs
+        event = { type: 'start', limit: this.limit, inflight: this.inflight, saturation: this.saturation }
+      }
+    } else if (this.shedding && nowMs - this.#lastRefusalAt >= this.#settings.quietMs) {
+      this.shedding = false
+      event = { type: 'stop', rejected: this.#episodeRefused, durationMs: this.#lastRefusalAt - this.#episodeStart }
+      this.#episodeRefused = 0
+    }
+    this.retryAfter.update(this.shedding, nowMs)
+    return event
+  }
+
+  snapshot (): AdmissionSnapshot {
+    return Object.freeze({
+      mode: this.mode,
+      limit: this.limit,
+      inflight: this.inflight,
+      eventLoopUtilization: this.elu,
+      eventLoopDelaySeconds: this.delayP99Ms / 1000,
+      saturation: this.saturation,
+      capacity: this.limiter.capacity,
+      shedding: this.shedding,
+      retryAfterSeconds: this.retryAfter.base
+    })
+  }
+}

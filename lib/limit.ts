@@ -1,0 +1,105 @@
+// Adaptive concurrency limit: the control core's limit algorithm. No Fastify, no clock: every input
+// arrives as a WindowStats value, so the algorithm is a plain function of the samples it is fed.
+//
+// The model (see README "How the limit is learned"):
+//   capacity  = requests finished per second of busy event loop   (completions ÷ (ELU · window))
+//   baseline  = mean latency of requests while the loop had headroom (no queueing for the CPU)
+//   limit     = capacity · baseline · (1 + headroom)
+// This is Little's law at full utilisation: capacity · baseline requests keep the CPU exactly busy;
+// the headroom admits a small standing queue (mean queueing ≈ headroom · baseline) so the loop never
+// idles while requests wait. A slow downstream raises the baseline (measured while the CPU is idle) and
+// so the limit; it never lowers the capacity. The limit is *enforced* only while the loop is under
+// pressure (see `pressure`), so in-flight that is high only because a downstream is slow is never shed.
+
+/** One sampling window of signals, as the sampler and the admission counters saw it. */
+export interface WindowStats {
+  /** Wall time the window covered, in milliseconds. */
+  durationMs: number
+  /** Event-loop utilisation over the window, 0..1. */
+  elu: number
+  /** Requests that finished normally in the window. */
+  completed: number
+  /** Sum of those requests' latencies, in milliseconds. */
+  latencySumMs: number
+  /** Requests refused (or, in observe mode, that would have been) in the window. */
+  rejected: number
+}
+
+export interface LimitSettings {
+  minLimit: number
+  maxLimit: number
+  initialLimit: number
+  /** Standing-queue allowance as a fraction of the baseline latency. */
+  headroom: number
+}
+
+/** ELU at or above which the loop is under pressure and the limit is enforced. */
+export const PRESSURE_ELU = 0.9
+/** While shedding, pressure holds until ELU falls below this (hysteresis against on/off flapping). */
+export const RELEASE_ELU = 0.75
+/** Windows with fewer completions than this carry too little information to learn from. */
+export const MIN_SAMPLES = 5
+/** Smoothing of the capacity and baseline estimates (per window, scaled by ELU for capacity). */
+export const SMOOTHING = 0.3
+
+export class AdaptiveLimit {
+  /** Current concurrency limit (a whole number within [minLimit, maxLimit]). */
+  limit: number
+  /** Estimated sustainable throughput at a fully busy loop, requests/s; 0 while unknown. */
+  capacity = 0
+  /** Mean latency of requests when the loop had headroom, ms; 0 while unknown. */
+  baselineMs = 0
+  /** Whether the limit is enforced now. */
+  pressure = false
+
+  readonly #settings: LimitSettings
+
+  constructor (settings: LimitSettings) {
+    this.#settings = settings
+    this.limit = settings.initialLimit
+  }
+
+  /** Feed one window; updates the estimates, the pressure verdict and the limit. */
+  update (w: WindowStats): void {
+    const seconds = w.durationMs / 1000
+    if (!(seconds > 0) || !Number.isFinite(seconds)) return
+    const elu = clamp(finiteOr(w.elu, 0), 0, 1)
+    const enoughSamples = w.completed >= MIN_SAMPLES && Number.isFinite(w.latencySumMs)
+
+    if (this.pressure) {
+      this.pressure = elu >= PRESSURE_ELU || (w.rejected > 0 && elu >= RELEASE_ELU)
+    } else {
+      this.pressure = elu >= PRESSURE_ELU
+    }
+
+    if (enoughSamples) {
+      if (elu > 0) {
+        const sample = w.completed / seconds / elu
+        this.capacity = this.capacity === 0 ? sample : this.capacity + SMOOTHING * elu * (sample - this.capacity)
+      }
+      const meanMs = w.latencySumMs / w.completed
+      if (this.baselineMs === 0) {
+        this.baselineMs = meanMs
+      } else if (!this.pressure) {
+        this.baselineMs += SMOOTHING * (meanMs - this.baselineMs)
+      } else if (meanMs < this.baselineMs) {
+        // Under pressure latency carries queueing: it may only teach us that requests got cheaper.
+        this.baselineMs = meanMs
+      }
+    }
+
+    if (this.capacity > 0 && this.baselineMs > 0) {
+      const s = this.#settings
+      const model = this.capacity * (this.baselineMs / 1000) * (1 + s.headroom)
+      this.limit = clamp(Math.ceil(model), s.minLimit, s.maxLimit)
+    }
+  }
+}
+
+export function clamp (x: number, lo: number, hi: number): number {
+  return x < lo ? lo : x > hi ? hi : x
+}
+
+export function finiteOr (x: number, fallback: number): number {
+  return Number.isFinite(x) ? x : fallback
+}
