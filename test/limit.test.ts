@@ -1,0 +1,121 @@
+import t from 'tap'
+import { AdaptiveLimit, MIN_SAMPLES, type WindowStats } from '../lib/limit.js'
+
+const settings = { minLimit: 2, maxLimit: 1000, initialLimit: 50, headroom: 0.5 }
+
+function win (over: Partial<WindowStats>): WindowStats {
+  return { durationMs: 100, elu: 0.5, completed: 20, latencySumMs: 20 * 20, rejected: 0, ...over }
+}
+
+t.test('starts at the initial limit, unenforced, knowing nothing', async t => {
+  const l = new AdaptiveLimit(settings)
+  t.equal(l.limit, 50)
+  t.equal(l.pressure, false)
+  t.equal(l.capacity, 0)
+  t.equal(l.baselineMs, 0)
+})
+
+t.test('first informative window: capacity = completions per busy second, limit by Little\'s law', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({}))
+  // 20 completions in 0.1 s at ELU 0.5 → 400/s at a fully busy loop; mean latency 20 ms.
+  t.equal(l.capacity, 400)
+  t.equal(l.baselineMs, 20)
+  // 400/s · 0.020 s · 1.5 = 12
+  t.equal(l.limit, 12)
+  t.equal(l.pressure, false)
+})
+
+t.test('capacity is smoothed, weighted by ELU', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({}))
+  // sample 30/0.1/1 = 300; capacity += 0.3 · 1 · (300 − 400) = 370
+  l.update(win({ elu: 1, completed: 30, latencySumMs: 30 * 20 }))
+  t.equal(Math.round(l.capacity * 1e9) / 1e9, 370)
+  // a window at ELU 0.2 moves it far less: sample 10/0.1/0.2 = 500; += 0.3 · 0.2 · 130 = 7.8
+  l.update(win({ elu: 0.2, completed: 10, latencySumMs: 10 * 20 }))
+  t.equal(Math.round(l.capacity * 1e9) / 1e9, 377.8)
+})
+
+t.test('pressure: on at ELU ≥ 0.9; held while shedding down to 0.75; off below', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({ elu: 0.89 }))
+  t.equal(l.pressure, false)
+  l.update(win({ elu: 0.9 }))
+  t.equal(l.pressure, true)
+  l.update(win({ elu: 0.8, rejected: 3 }))
+  t.equal(l.pressure, true, 'held: still shedding with a busy loop')
+  l.update(win({ elu: 0.8, rejected: 0 }))
+  t.equal(l.pressure, false, 'released: no refusals needed')
+  l.update(win({ elu: 0.95 }))
+  l.update(win({ elu: 0.74, rejected: 9 }))
+  t.equal(l.pressure, false, 'released: loop has headroom even though it was shedding')
+})
+
+t.test('under pressure latency carries queueing: the baseline only falls', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({}))
+  l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 90 }))
+  t.equal(l.baselineMs, 20, 'queueing does not inflate the baseline')
+  // capacity 400 + 0.3·(400 − 400) = 400 → limit stays 12
+  t.equal(l.limit, 12)
+  l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 10 }))
+  t.equal(l.baselineMs, 10, 'cheaper requests are learned at once')
+  t.equal(l.limit, 6)
+})
+
+t.test('a slow downstream with an idle CPU raises the limit instead of shedding', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({}))
+  t.equal(l.limit, 12)
+  // Downstream now takes 300 ms; the loop is 60 % busy: baseline += 0.3 · (300 − 20) = 104.
+  l.update(win({ elu: 0.6, completed: 24, latencySumMs: 24 * 300 }))
+  t.equal(l.baselineMs, 104)
+  t.equal(l.pressure, false)
+  const before = l.limit
+  for (let i = 0; i < 20; i++) l.update(win({ elu: 0.6, completed: 24, latencySumMs: 24 * 300 }))
+  t.ok(l.limit > before)
+  // converges on 400/s · 0.3 s · 1.5 = 180
+  t.equal(l.limit, 180)
+})
+
+t.test('windows with too few samples teach nothing', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({ completed: MIN_SAMPLES - 1, latencySumMs: 4 }))
+  t.equal(l.capacity, 0)
+  t.equal(l.baselineMs, 0)
+  t.equal(l.limit, 50)
+})
+
+t.test('NaN, Infinity and empty windows never reach the limit', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({}))
+  l.update(win({ durationMs: 0 }))
+  l.update(win({ durationMs: NaN }))
+  l.update(win({ durationMs: Infinity }))
+  l.update(win({ latencySumMs: Infinity }))
+  t.equal(l.limit, 12)
+  l.update(win({ elu: NaN }))
+  t.equal(l.pressure, false, 'NaN ELU counts as idle')
+  t.equal(l.capacity, 400, 'and teaches no capacity')
+  t.ok(Number.isFinite(l.limit))
+})
+
+t.test('the limit stays within [minLimit, maxLimit]', async t => {
+  const tiny = new AdaptiveLimit({ ...settings, minLimit: 5 })
+  tiny.update(win({ completed: 10, latencySumMs: 10 * 1 }))
+  // 200/s · 0.001 s · 1.5 = 0.3 → floor 5
+  t.equal(tiny.limit, 5)
+  const huge = new AdaptiveLimit({ ...settings, maxLimit: 100 })
+  huge.update(win({ elu: 0.1, completed: 100, latencySumMs: 100 * 1000 }))
+  t.equal(huge.limit, 100)
+})
+
+t.test('headroom scales the standing queue allowance', async t => {
+  const none = new AdaptiveLimit({ ...settings, headroom: 0 })
+  none.update(win({}))
+  t.equal(none.limit, 8) // 400 · 0.02
+  const double = new AdaptiveLimit({ ...settings, headroom: 1 })
+  double.update(win({}))
+  t.equal(double.limit, 16)
+})
