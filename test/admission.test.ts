@@ -1,0 +1,141 @@
+import t from 'tap'
+import { AdmissionController, DEFAULT_CLASS, type ControllerSettings } from '../lib/admission.js'
+
+const base: ControllerSettings = {
+  mode: 'enforce',
+  minLimit: 1,
+  maxLimit: 1000,
+  initialLimit: 2,
+  headroom: 0.5,
+  graceMs: 0,
+  retryAfter: { min: 1, max: 8 },
+  quietMs: 1000
+}
+const busy = { durationMs: 100, elu: 1, delayP99Ms: 4 }
+const idle = { durationMs: 100, elu: 0.1, delayP99Ms: 0 }
+
+function controller (over: Partial<ControllerSettings> = {}): AdmissionController {
+  return new AdmissionController({ ...base, ...over }, 0, () => 0)
+}
+
+t.test('admits everything while the loop has headroom, whatever the limit', async t => {
+  const c = controller()
+  c.onWindow(idle, 100)
+  for (let i = 0; i < 5; i++) t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.equal(c.inflight, 5)
+  t.equal(c.limit, 2)
+})
+
+t.test('under pressure, refuses at the limit and admits again once a permit is back', async t => {
+  const c = controller()
+  c.onWindow(busy, 100)
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.equal(c.acquire(DEFAULT_CLASS, 'tenant-a'), 'admitted')
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected')
+  t.equal(c.inflight, 2, 'a refusal takes no permit')
+  c.release(10, true)
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.same(c.totals.admitted, 3)
+  t.same(c.totals.rejected.limit, 1)
+})
+
+t.test('startup grace: nothing refused before it ends', async t => {
+  const c = new AdmissionController({ ...base, graceMs: 1000 }, 0)
+  c.onWindow(busy, 500)
+  for (let i = 0; i < 4; i++) t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  c.onWindow(busy, 1000)
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected')
+})
+
+t.test('observe mode: over the limit is let through and counted as would-reject', async t => {
+  const c = controller({ mode: 'observe' })
+  c.onWindow(busy, 100)
+  c.acquire(DEFAULT_CLASS)
+  c.acquire(DEFAULT_CLASS)
+  t.equal(c.acquire(DEFAULT_CLASS), 'observed')
+  t.equal(c.inflight, 3, 'an observed request holds a permit like any other')
+  t.equal(c.totals.observed.limit, 1)
+  t.equal(c.totals.rejected.limit, 0)
+  const event = c.onWindow(busy, 200)
+  t.equal(event?.type, 'start', 'would-be shedding is reported too')
+  t.equal(c.snapshot().mode, 'observe')
+})
+
+t.test('refusals decided elsewhere are counted by reason and take no permit', async t => {
+  const c = controller()
+  c.refuse('heap')
+  c.refuse('health')
+  c.refuse('health')
+  t.equal(c.inflight, 0)
+  t.equal(c.totals.rejected.heap, 1)
+  t.equal(c.totals.rejected.health, 2)
+  t.equal(c.onWindow(idle, 100)?.type, 'start')
+})
+
+t.test('only finished requests teach latency; aborts just give the permit back', async t => {
+  const c = controller()
+  for (let i = 0; i < 12; i++) c.acquire(DEFAULT_CLASS)
+  for (let i = 0; i < 5; i++) c.release(20, true)
+  for (let i = 0; i < 5; i++) c.release(5000, false)
+  c.release(NaN, true)
+  c.release(Infinity, true)
+  t.equal(c.inflight, 0, 'each release returns exactly one permit')
+  c.onWindow({ durationMs: 100, elu: 0.5, delayP99Ms: 1 }, 100)
+  t.equal(c.limiter.baselineMs, 20)
+  t.equal(c.limiter.capacity, 100, '5 completions in 0.1 s at ELU 0.5')
+})
+
+t.test('shedding episodes: start on the first refusal, stop after a quiet second', async t => {
+  const c = controller()
+  c.onWindow(busy, 100)
+  c.acquire(DEFAULT_CLASS)
+  c.acquire(DEFAULT_CLASS)
+  c.acquire(DEFAULT_CLASS)
+  c.acquire(DEFAULT_CLASS)
+  const start = c.onWindow(busy, 200)
+  t.same(start, { type: 'start', limit: 2, inflight: 2, saturation: c.saturation })
+  t.equal(c.snapshot().shedding, true)
+  c.acquire(DEFAULT_CLASS)
+  t.equal(c.onWindow(busy, 300), undefined, 'still shedding: no new event')
+  t.equal(c.onWindow(busy, 1200), undefined, 'quiet for 0.9 s: not over yet')
+  const stop = c.onWindow(busy, 1300)
+  t.same(stop, { type: 'stop', rejected: 3, durationMs: 100 })
+  t.equal(c.snapshot().shedding, false)
+  t.equal(c.onWindow(busy, 1400), undefined)
+})
+
+t.test('Retry-After follows the shedding state', async t => {
+  const c = controller()
+  c.onWindow(busy, 0)
+  c.acquire(DEFAULT_CLASS)
+  c.acquire(DEFAULT_CLASS)
+  for (let now = 100; now <= 3100; now += 100) {
+    c.acquire(DEFAULT_CLASS)
+    c.onWindow(busy, now)
+  }
+  t.equal(c.snapshot().retryAfterSeconds, 4, 'doubled at 1.1 s and 3.1 s of shedding')
+})
+
+t.test('saturation: ≈ ELU below overload, offered ÷ capacity above it; never NaN', async t => {
+  const c = controller({ initialLimit: 1000, maxLimit: 10000 })
+  t.equal(c.onWindow({ durationMs: NaN, elu: NaN, delayP99Ms: NaN }, 50), undefined)
+  t.equal(c.saturation, 0)
+  t.equal(c.elu, 0)
+  t.equal(c.delayP99Ms, 0)
+  c.onWindow({ durationMs: 100, elu: 0.6, delayP99Ms: 2 }, 100)
+  t.equal(c.saturation, 0.3, 'capacity unknown: moves halfway towards ELU')
+  // Teach capacity: 40 done in 100 ms at ELU 0.5 → 800/s.
+  for (let i = 0; i < 40; i++) { c.acquire(DEFAULT_CLASS); c.release(10, true) }
+  c.onWindow({ durationMs: 100, elu: 0.5, delayP99Ms: 2 }, 200)
+  t.equal(c.limiter.capacity, 800)
+  t.equal(c.saturation, 0.3 + 0.5 * (0.5 - 0.3), '400/s offered ÷ 800/s')
+  // 10x the capacity offered in one window.
+  for (let i = 0; i < 800; i++) c.acquire(DEFAULT_CLASS)
+  c.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 9 }, 300)
+  t.equal(c.saturation, 0.4 + 0.5 * (10 - 0.4))
+  const snap = c.snapshot()
+  t.equal(snap.eventLoopDelaySeconds, 0.009)
+  t.equal(snap.eventLoopUtilization, 1)
+  t.equal(snap.capacity, 800)
+  t.ok(Object.isFrozen(snap))
+})
