@@ -1,0 +1,229 @@
+// Server under test: one contender per process.
+//
+//   node --import tsx bench/server.ts --contender bare|under-pressure|static-cap|admission --port N
+//        [--series FILE|-|off] [--stall-every-ms N --stall-ms M]
+//
+// Routes:
+//   GET /work?cpu=1&io=20&cpu2=<cpu>  busy-loop cpu ms, await io ms (a simulated database), busy-loop cpu2 ms
+//   GET /hello                        {"hello":"world"}, no work
+// Every 100 ms a JSON line with in-flight, event-loop utilization (interval), loop delay and, for the
+// admission contender, the plugin's snapshot is written to stdout (or to --series FILE).
+import { createWriteStream } from 'node:fs'
+import { monitorEventLoopDelay, performance, type EventLoopUtilization } from 'node:perf_hooks'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { pathToFileURL } from 'node:url'
+import { parseArgs } from 'node:util'
+import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest } from 'fastify'
+
+export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission'] as const
+export type Contender = typeof contenders[number]
+
+/** The read-only snapshot the admission plugin exposes as `app.admission` (see the plugin contract). */
+export interface AdmissionSnapshot {
+  mode: 'enforce' | 'observe'
+  limit: number
+  inflight: number
+  eventLoopUtilization: number
+  eventLoopDelaySeconds: number
+  saturation: number
+  shedding: boolean
+  retryAfterSeconds: number
+  capacity: number
+}
+
+export interface SeriesPoint {
+  /** epoch ms */
+  t: number
+  /** requests received by Node's HTTP server and not yet answered (same probe for every contender) */
+  inflight: number
+  /** event-loop utilization over the last interval, 0..1 */
+  elu: number
+  /** event-loop delay over the last interval, ms */
+  delayP99: number
+  delayMax: number
+  /** admission contender only */
+  limit?: number
+  admInflight?: number
+  saturation?: number
+  shedding?: boolean
+  capacity?: number
+}
+
+/** Busy-wait for `ms` milliseconds of synchronous CPU work. */
+export function burnCpu (ms: number): void {
+  if (!(ms > 0)) return
+  const end = performance.now() + ms
+  // eslint-disable-next-line no-empty
+  while (performance.now() < end) {}
+}
+
+function numberParam (v: unknown, fallback: number): number {
+  if (typeof v !== 'string' || v === '') return fallback
+  const n = Number(v)
+  return Number.isFinite(n) && n >= 0 ? Math.min(n, 60000) : fallback
+}
+
+interface WorkQuery { cpu?: string, io?: string, cpu2?: string }
+
+async function workHandler (request: FastifyRequest<{ Querystring: WorkQuery }>, reply: FastifyReply): Promise<{ ok: true }> {
+  const q = request.query
+  const cpu = numberParam(q.cpu, 1)
+  const io = numberParam(q.io, 20)
+  const cpu2 = numberParam(q.cpu2, cpu)
+  burnCpu(cpu)
+  if (io > 0) await sleep(io)
+  burnCpu(cpu2)
+  return { ok: true }
+}
+
+async function helloHandler (): Promise<{ hello: string }> {
+  return { hello: 'world' }
+}
+
+/** A static in-flight cap: 503 above `max` requests in flight, released when the response closes. */
+export function staticCap (app: FastifyInstance, max: number): void {
+  let inflight = 0
+  function staticCapRelease (): void { inflight-- }
+  app.addHook('onRequest', function staticCapOnRequest (request, reply, done) {
+    if (inflight >= max) {
+      reply.code(503).header('retry-after', '1').send({ statusCode: 503, error: 'Service Unavailable', message: 'in-flight cap reached' })
+      return
+    }
+    inflight++
+    reply.raw.once('close', staticCapRelease)
+    done()
+  })
+}
+
+export async function loadAdmission (): Promise<FastifyPluginAsync> {
+  // Loaded dynamically so the other contenders keep working while lib/ is being edited.
+  const mod = await import('../lib/index.js') as unknown as { default?: unknown, admission?: unknown }
+  const plugin = mod.default ?? mod.admission
+  if (typeof plugin !== 'function') throw new Error('lib/index.js has no default export yet (admission plugin missing)')
+  return plugin as FastifyPluginAsync
+}
+
+export async function buildServer (contender: Contender): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false })
+  switch (contender) {
+    case 'bare':
+      break
+    case 'under-pressure': {
+      const { default: underPressure } = await import('@fastify/under-pressure')
+      await app.register(underPressure, {
+        eventLoopUtilizationMode: 'interval',
+        maxEventLoopUtilization: 0.98,
+        maxEventLoopDelay: 200,
+        sampleInterval: 100
+      })
+      break
+    }
+    case 'static-cap':
+      staticCap(app, 100)
+      break
+    case 'admission':
+      await app.register(await loadAdmission())
+      break
+  }
+  app.get('/work', workHandler)
+  app.get('/hello', helloHandler)
+  return app
+}
+
+function readSnapshot (app: FastifyInstance): AdmissionSnapshot | undefined {
+  const snap = (app as unknown as { admission?: AdmissionSnapshot }).admission
+  return snap !== undefined && typeof snap === 'object' ? snap : undefined
+}
+
+/** Starts the 100 ms time series; returns a stop function. */
+export function startSeries (app: FastifyInstance, write: (line: string) => void, intervalMs = 100): () => void {
+  let inflight = 0
+  function seriesRelease (): void { inflight-- }
+  app.server.on('request', function seriesCount (_req, res) {
+    inflight++
+    res.once('close', seriesRelease)
+  })
+  const hist = monitorEventLoopDelay({ resolution: 5 })
+  hist.enable()
+  let last: EventLoopUtilization = performance.eventLoopUtilization()
+  const timer = setInterval(() => {
+    const now = performance.eventLoopUtilization()
+    const elu = performance.eventLoopUtilization(now, last).utilization
+    last = now
+    const point: SeriesPoint = {
+      t: Math.round((performance.timeOrigin + performance.now()) * 10) / 10,
+      inflight,
+      elu: Math.round(elu * 1000) / 1000,
+      delayP99: hist.count > 0 ? Math.round(hist.percentile(99) / 1e4) / 100 : 0,
+      delayMax: hist.count > 0 ? Math.round(hist.max / 1e4) / 100 : 0
+    }
+    hist.reset()
+    const snap = readSnapshot(app)
+    if (snap !== undefined) {
+      point.limit = snap.limit
+      point.admInflight = snap.inflight
+      point.saturation = Math.round(snap.saturation * 1000) / 1000
+      point.shedding = snap.shedding
+      point.capacity = Math.round(snap.capacity * 10) / 10
+    }
+    write(JSON.stringify(point) + '\n')
+  }, intervalMs)
+  return () => {
+    clearInterval(timer)
+    hist.disable()
+  }
+}
+
+/** A synchronous stall of `stallMs` every `everyMs` (GC-like pause). */
+export function startStalls (everyMs: number, stallMs: number): () => void {
+  const timer = setInterval(() => burnCpu(stallMs), everyMs)
+  return () => clearInterval(timer)
+}
+
+async function main (): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      contender: { type: 'string', default: 'bare' },
+      port: { type: 'string', default: '3001' },
+      series: { type: 'string', default: '-' },
+      'stall-every-ms': { type: 'string', default: '0' },
+      'stall-ms': { type: 'string', default: '0' },
+      'exit-with-stdin': { type: 'boolean', default: false }
+    }
+  })
+  const contender = values.contender as Contender
+  if (!contenders.includes(contender)) throw new Error(`unknown contender ${String(values.contender)}`)
+  const port = Number(values.port)
+  const app = await buildServer(contender)
+  await app.listen({ host: '127.0.0.1', port })
+
+  const stops: Array<() => void> = []
+  if (values.series !== 'off') {
+    const out = values.series === '-' ? process.stdout : createWriteStream(values.series)
+    stops.push(startSeries(app, (line) => { out.write(line) }))
+  }
+  const every = Number(values['stall-every-ms'])
+  const stall = Number(values['stall-ms'])
+  if (every > 0 && stall > 0) stops.push(startStalls(every, stall))
+
+  const shutdown = (): void => {
+    for (const stop of stops) stop()
+    app.close().then(() => process.exit(0), () => process.exit(1))
+    setTimeout(() => process.exit(0), 500).unref()
+  }
+  process.once('SIGTERM', shutdown)
+  process.once('SIGINT', shutdown)
+  if (values['exit-with-stdin'] === true) {
+    // die with the runner: stdin (a pipe from it) closes when it goes away, even on SIGKILL
+    process.stdin.on('end', () => process.exit(0))
+    process.stdin.on('error', () => process.exit(0))
+    process.stdin.resume()
+  }
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((err: unknown) => {
+    console.error(err)
+    process.exit(1)
+  })
+}
