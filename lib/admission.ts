@@ -74,6 +74,13 @@ export type SheddingEvent =
   | { type: 'stop', rejected: number, durationMs: number }
   | undefined
 
+export interface ControllerHooks {
+  /** Source of randomness for Retry-After jitter. */
+  random?: () => number
+  /** Told when a shedding episode starts or stops. */
+  onShedding?: (event: NonNullable<SheddingEvent>, nowMs: number) => void
+}
+
 const REASONS: readonly RejectReason[] = ['limit', 'heap', 'rss', 'health', 'event_loop']
 
 function zeroByReason (): Record<RejectReason, number> {
@@ -96,6 +103,7 @@ export class AdmissionController {
 
   readonly #settings: ControllerSettings
   readonly #graceUntil: number
+  readonly #onShedding: ControllerHooks['onShedding']
   #enforcing = false
   // Window accumulators, reset by onWindow().
   #arrivals = 0
@@ -107,12 +115,13 @@ export class AdmissionController {
   #episodeRefused = 0
   #lastRefusalAt = 0
 
-  constructor (settings: ControllerSettings, nowMs: number, random?: () => number) {
+  constructor (settings: ControllerSettings, nowMs: number, hooks: ControllerHooks = {}) {
     this.#settings = settings
     this.mode = settings.mode
     this.limiter = new AdaptiveLimit(settings)
-    this.retryAfter = new RetryAfterPolicy(settings.retryAfter, random)
+    this.retryAfter = new RetryAfterPolicy(settings.retryAfter, hooks.random)
     this.#graceUntil = nowMs + settings.graceMs
+    this.#onShedding = hooks.onShedding
   }
 
   get limit (): number {
@@ -197,6 +206,7 @@ export class AdmissionController {
       this.#episodeRefused = 0
     }
     this.retryAfter.update(this.shedding, nowMs)
+    if (event !== undefined) this.#onShedding?.(event, nowMs)
     return event
   }
 

@@ -75,7 +75,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     graceMs: opts.startupGrace,
     retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
     quietMs: QUIET_MS
-  }, performance.now())
+  }, performance.now(), { onShedding: logShedding })
   const metrics = registerMetrics(controller, opts.metricsPrefix, opts.registry)
   const monitor = new LoopMonitor(DELAY_RESOLUTION_MS)
   const statusCode = opts.statusCode
@@ -127,9 +127,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
   }
 
   function admissionSample (): void {
-    const now = performance.now()
-    const event = controller.onWindow(monitor.read(), now)
-    if (event !== undefined) logShedding(event, now)
+    controller.onWindow(monitor.read(), performance.now())
   }
   const timer = setInterval(admissionSample, opts.sampleInterval)
   timer.unref()

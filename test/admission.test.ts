@@ -15,7 +15,7 @@ const busy = { durationMs: 100, elu: 1, delayP99Ms: 4 }
 const idle = { durationMs: 100, elu: 0.1, delayP99Ms: 0 }
 
 function controller (over: Partial<ControllerSettings> = {}): AdmissionController {
-  return new AdmissionController({ ...base, ...over }, 0, () => 0)
+  return new AdmissionController({ ...base, ...over }, 0, { random: () => 0 })
 }
 
 t.test('admits everything while the loop has headroom, whatever the limit', async t => {

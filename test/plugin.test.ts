@@ -1,0 +1,215 @@
+import t from 'tap'
+import Fastify from 'fastify'
+import { Registry } from 'prom-client'
+import admission, { admission as named, kAdmissionController, OVERLOADED_CODE } from '../lib/index.js'
+import { build, gate, saturate, turns } from './helpers/app.js'
+
+t.test('exports: default and named are the same fastify-plugin wrapped plugin', async t => {
+  t.equal(admission, named)
+  t.equal(typeof admission, 'function')
+  t.equal((admission as unknown as Record<symbol, unknown>)[Symbol.for('fastify.display-name')], 'fastify-admission')
+  t.same((admission as unknown as Record<symbol, { fastify: string } | undefined>)[Symbol.for('plugin-meta')]?.fastify, '5.x')
+})
+
+t.test('admitted path: the handler runs and the permit comes back', async t => {
+  const { app } = await build(t)
+  app.get('/', async () => ({ hello: 'world' }))
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 200)
+  t.same(res.json(), { hello: 'world' })
+  t.equal(res.headers['retry-after'], undefined)
+  await turns()
+  t.equal(app.admission.inflight, 0)
+})
+
+t.test('over the limit under pressure: 503 at once, Retry-After, JSON body, handler not run', async t => {
+  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1 })
+  const g = gate()
+  let calls = 0
+  app.get('/slow', async () => { calls++; await g.wait; return { ok: true } })
+  await app.ready()
+  saturate(controller)
+  const first = app.inject('/slow')
+  await turns(10)
+  t.equal(app.admission.inflight, 1)
+  const refused = await app.inject('/slow')
+  t.equal(refused.statusCode, 503)
+  t.match(refused.headers['retry-after'], /^[12]$/)
+  t.equal(refused.headers['content-type'], 'application/json; charset=utf-8')
+  t.same(refused.json(), {
+    statusCode: 503,
+    code: OVERLOADED_CODE,
+    error: 'Service Unavailable',
+    message: 'Server is overloaded, retry later'
+  })
+  t.equal(calls, 1, 'the refused request never reached the handler')
+  g.open()
+  t.equal((await first).statusCode, 200)
+  await turns()
+  t.equal(app.admission.inflight, 0)
+  t.equal((await app.inject('/slow')).statusCode, 200, 'admitted again once the permit is back')
+})
+
+t.test('statusCode 429 option', async t => {
+  const { app, controller } = await build(t, { statusCode: 429, minLimit: 1, maxLimit: 1, initialLimit: 1 })
+  const g = gate()
+  app.get('/slow', async () => { await g.wait; return 'ok' })
+  await app.ready()
+  saturate(controller)
+  const first = app.inject('/slow')
+  await turns(10)
+  const refused = await app.inject('/slow')
+  t.equal(refused.statusCode, 429)
+  t.equal(refused.json().error, 'Too Many Requests')
+  t.equal(refused.json().statusCode, 429)
+  t.ok(Number(refused.headers['retry-after']) >= 1)
+  g.open()
+  await first
+})
+
+t.test('no error-level log per refusal; one warn when shedding starts and one when it stops', async t => {
+  const lines: Array<{ level: number, msg: string }> = []
+  const app = Fastify({
+    logger: { level: 'info', stream: { write: (s: string) => { lines.push(JSON.parse(s)) } } }
+  })
+  t.teardown(() => app.close())
+  await app.register(admission, { registry: new Registry(), startupGrace: 0, sampleInterval: 10_000, minLimit: 1, maxLimit: 1, initialLimit: 1 })
+  const g = gate()
+  app.get('/slow', async () => { await g.wait; return 'ok' })
+  await app.ready()
+  const controller = app[kAdmissionController]
+  saturate(controller, 1e9)
+  const first = app.inject('/slow')
+  await turns(10)
+  for (let i = 0; i < 20; i++) t.equal((await app.inject('/slow')).statusCode, 503)
+  controller.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 5 }, 1e9 + 100)
+  controller.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 5 }, 1e9 + 2000)
+  g.open()
+  await first
+  t.equal(lines.filter(l => l.level >= 50).length, 0, 'nothing at error level')
+  const warns = lines.filter(l => l.level === 40).map(l => l.msg)
+  t.same(warns, ['fastify-admission: shedding started', 'fastify-admission: shedding stopped'])
+})
+
+t.test('shedding logs are rate-limited: a new episode within 10 s is not logged again', async t => {
+  const warns: string[] = []
+  const app = Fastify({ logger: { level: 'warn', stream: { write: (s: string) => { warns.push(JSON.parse(s).msg) } } } })
+  t.teardown(() => app.close())
+  await app.register(admission, { registry: new Registry(), mode: 'observe', sampleInterval: 10_000 })
+  await app.ready()
+  const c = app[kAdmissionController]
+  const episode = (at: number): void => {
+    c.refuse('health')
+    c.onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, at)
+    c.onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, at + 1500)
+  }
+  episode(1e9)
+  episode(1e9 + 5000)
+  episode(1e9 + 20000)
+  t.same(warns, [
+    'fastify-admission: would shed started', 'fastify-admission: would shed stopped',
+    'fastify-admission: would shed started', 'fastify-admission: would shed stopped'
+  ])
+})
+
+t.test('exempt routes answer during overload and are not counted', async t => {
+  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1 })
+  const g = gate()
+  app.get('/slow', async () => { await g.wait; return 'ok' })
+  app.get('/health', { config: { admission: { exempt: true } } }, async () => ({ status: 'ok' }))
+  app.get('/explicit', { config: { admission: { exempt: false } } }, async () => 'counted')
+  app.get('/other', { config: { admission: {} } }, async () => 'counted')
+  await app.ready()
+  saturate(controller)
+  const first = app.inject('/slow')
+  await turns(10)
+  t.equal((await app.inject('/health')).statusCode, 200)
+  t.equal((await app.inject('/metrics')).statusCode, 200, 'the metrics route is exempt')
+  t.equal((await app.inject('/explicit')).statusCode, 503)
+  t.equal((await app.inject('/other')).statusCode, 503)
+  t.equal(app.admission.inflight, 1)
+  g.open()
+  await first
+  t.equal(controller.totals.admitted, 1)
+  t.equal(controller.totals.rejected.limit, 2)
+})
+
+t.test('routes with their own onRequest hooks keep them, after the admission decision', async t => {
+  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1 })
+  const seen: string[] = []
+  app.get('/one', { onRequest: async () => { seen.push('one') } }, async () => 'ok')
+  app.get('/many', { onRequest: [async () => { seen.push('a') }, async () => { seen.push('b') }] }, async () => 'ok')
+  const g = gate()
+  app.get('/slow', async () => { await g.wait; return 'ok' })
+  await app.ready()
+  t.equal((await app.inject('/one')).statusCode, 200)
+  t.equal((await app.inject('/many')).statusCode, 200)
+  t.same(seen, ['one', 'a', 'b'])
+  saturate(controller)
+  const holding = app.inject('/slow')
+  await turns(10)
+  t.equal((await app.inject('/one')).statusCode, 503)
+  t.same(seen, ['one', 'a', 'b'], 'a refused request never reaches the route\'s own hooks')
+  g.open()
+  t.equal((await holding).statusCode, 200)
+})
+
+t.test('observe mode: nothing refused, would-be refusals counted', async t => {
+  const { app, controller, registry } = await build(t, { mode: 'observe', minLimit: 1, maxLimit: 1, initialLimit: 1 })
+  const g = gate()
+  app.get('/slow', async () => { await g.wait; return 'ok' })
+  await app.ready()
+  saturate(controller)
+  const pending = [app.inject('/slow'), app.inject('/slow'), app.inject('/slow')]
+  await turns(10)
+  t.equal(app.admission.inflight, 3)
+  g.open()
+  for (const res of await Promise.all(pending)) t.equal(res.statusCode, 200)
+  const text = await registry.metrics()
+  t.match(text, /fastify_admission_requests_total\{outcome="would_reject",reason="limit"\} 2/)
+  t.match(text, /fastify_admission_requests_total\{outcome="admitted"\} 1/)
+  t.notMatch(text, /outcome="rejected"/)
+})
+
+t.test('decorator: a fresh frozen snapshot on each access', async t => {
+  const { app } = await build(t, { initialLimit: 7 })
+  await app.ready()
+  const a = app.admission
+  t.ok(Object.isFrozen(a))
+  t.not(a, app.admission)
+  t.same(Object.keys(a).sort(), [
+    'capacity', 'eventLoopDelaySeconds', 'eventLoopUtilization', 'inflight', 'limit', 'mode',
+    'retryAfterSeconds', 'saturation', 'shedding'
+  ])
+  t.equal(a.limit, 7)
+  t.equal(a.mode, 'enforce')
+  t.equal(a.shedding, false)
+  t.throws(() => { (app as unknown as Record<string, unknown>).admission = 1 })
+})
+
+t.test('the sampler runs on its timer and keeps every reading finite', async t => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(admission, { registry: new Registry(), sampleInterval: 10 })
+  app.get('/', async () => 'ok')
+  await app.ready()
+  for (let i = 0; i < 20; i++) await app.inject('/')
+  await new Promise(resolve => setTimeout(resolve, 60))
+  const snap = app.admission
+  for (const key of ['limit', 'inflight', 'eventLoopUtilization', 'eventLoopDelaySeconds', 'saturation', 'capacity', 'retryAfterSeconds'] as const) {
+    t.ok(Number.isFinite(snap[key]), `${key} is finite`)
+  }
+  t.ok(snap.eventLoopUtilization > 0 && snap.eventLoopUtilization <= 1)
+})
+
+t.test('close clears the timer and unregisters the metrics, so the plugin can register again', async t => {
+  const registry = new Registry()
+  const first = Fastify()
+  await first.register(admission, { registry })
+  await first.close()
+  t.equal(registry.getMetricsAsArray().length, 0)
+  const second = Fastify()
+  t.teardown(() => second.close())
+  await second.register(admission, { registry })
+  t.ok(registry.getSingleMetric('fastify_admission_concurrency_limit'))
+})
