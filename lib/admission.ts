@@ -7,7 +7,7 @@ import { RetryAfterPolicy, type RetryAfterSettings } from './retry-after.js'
 export type Mode = 'enforce' | 'observe'
 
 /** Why a request was refused: the adaptive limit, or one of the ceilings @fastify/under-pressure watches. */
-export type RejectReason = 'limit' | 'heap' | 'rss' | 'health' | 'event_loop'
+export type RejectReason = 'limit' | 'heap' | 'rss' | 'health'
 
 /** Outcome of one admission decision. `observed` = over the limit in observe mode: let through, counted. */
 export type Outcome = 'admitted' | 'rejected' | 'observed'
@@ -81,7 +81,7 @@ export interface ControllerHooks {
   onShedding?: (event: NonNullable<SheddingEvent>, nowMs: number) => void
 }
 
-const REASONS: readonly RejectReason[] = ['limit', 'heap', 'rss', 'health', 'event_loop']
+const REASONS: readonly RejectReason[] = ['limit', 'heap', 'rss', 'health']
 
 function zeroByReason (): Record<RejectReason, number> {
   const r = {} as Record<RejectReason, number>

@@ -56,12 +56,9 @@ interface TrackedResponse extends ServerResponse {
   [kHeld]: boolean
 }
 
-const UNDER_PRESSURE_REASONS: Record<string, RejectReason> = {
-  heapUsedBytes: 'heap',
-  rssBytes: 'rss',
-  healthCheck: 'health',
-  eventLoopDelay: 'event_loop',
-  eventLoopUtilization: 'event_loop'
+/** Reason of an under-pressure refusal; its event-loop checks are never enabled by this plugin. */
+function underPressureReason (type: string): RejectReason {
+  return type === 'heapUsedBytes' ? 'heap' : type === 'rssBytes' ? 'rss' : 'health'
 }
 
 const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmission (fastify, rawOptions) {
@@ -171,7 +168,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     // returning nothing would let the request go on while an async onSend hook is still running.
     function admissionPressureHandler (request: FastifyRequest, reply: FastifyReply, type: string): string | undefined {
       if (request.routeOptions.config.admission?.exempt === true) return undefined
-      controller.refuse(UNDER_PRESSURE_REASONS[type] ?? 'health')
+      controller.refuse(underPressureReason(type))
       refuse(reply)
       return refusalBody
     }

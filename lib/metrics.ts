@@ -60,7 +60,7 @@ export function registerMetrics (controller: AdmissionController, prefix: string
   new Counter({
     name: prefix + 'requests_total',
     help: 'Requests that asked for admission, by outcome (admitted, rejected, would_reject) and reason ' +
-      '(limit, heap, rss, health, event_loop). Exempt routes are not counted.',
+      '(limit, heap, rss, health). Exempt routes are not counted.',
     labelNames: ['outcome', 'reason'],
     registers,
     collect () {
