@@ -174,9 +174,16 @@ export function startSeries (app: FastifyInstance, write: (line: string) => void
   }
 }
 
-/** A synchronous stall of `stallMs` every `everyMs` (GC-like pause). */
-export function startStalls (everyMs: number, stallMs: number): () => void {
-  const timer = setInterval(() => burnCpu(stallMs), everyMs)
+/** A synchronous stall of `stallMs` every `everyMs` (GC-like pause); each stall is reported as {"stall": epochMs, "ms": n}. */
+export function startStalls (everyMs: number, stallMs: number, write?: (line: string) => void): () => void {
+  const timer = setInterval(() => {
+    const start = performance.now()
+    burnCpu(stallMs)
+    const end = performance.now()
+    if (write !== undefined) {
+      write(JSON.stringify({ stall: Math.round((performance.timeOrigin + start) * 10) / 10, ms: Math.round((end - start) * 10) / 10 }) + '\n')
+    }
+  }, everyMs)
   return () => clearInterval(timer)
 }
 
@@ -198,13 +205,15 @@ async function main (): Promise<void> {
   await app.listen({ host: '127.0.0.1', port })
 
   const stops: Array<() => void> = []
+  let write: ((line: string) => void) | undefined
   if (values.series !== 'off') {
     const out = values.series === '-' ? process.stdout : createWriteStream(values.series)
-    stops.push(startSeries(app, (line) => { out.write(line) }))
+    write = (line) => { out.write(line) }
+    stops.push(startSeries(app, write))
   }
   const every = Number(values['stall-every-ms'])
   const stall = Number(values['stall-ms'])
-  if (every > 0 && stall > 0) stops.push(startStalls(every, stall))
+  if (every > 0 && stall > 0) stops.push(startStalls(every, stall, write))
 
   const shutdown = (): void => {
     for (const stop of stops) stop()

@@ -1,0 +1,257 @@
+// Process management for the benchmark: CPU pinning, starting a pinned server
+// under test, collecting its time series, and making sure no child outlives
+// the runner (normal exit, error, SIGINT/SIGTERM; a SIGKILLed runner closes the
+// children's stdin pipe and they exit on their own).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import http from 'node:http'
+import { performance } from 'node:perf_hooks'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Contender, SeriesPoint } from './server.js'
+
+const serverScript = fileURLToPath(new URL('./server.ts', import.meta.url))
+const tsxImport = import.meta.resolve('tsx')
+
+let tasksetChecked: boolean | undefined
+export function hasTaskset (): boolean {
+  if (tasksetChecked === undefined) {
+    const r = spawnSync('taskset', ['--version'], { stdio: 'ignore' })
+    tasksetChecked = r.status === 0
+  }
+  return tasksetChecked
+}
+
+/** Pins every thread of this process to `cpu` (threads created later inherit it). */
+export function pinSelf (cpu: number): boolean {
+  if (!hasTaskset()) return false
+  const r = spawnSync('taskset', ['-a', '-p', '-c', String(cpu), String(process.pid)], { stdio: 'ignore' })
+  return r.status === 0
+}
+
+const children = new Set<ChildProcess>()
+
+export function killAllChildren (): void {
+  for (const c of children) {
+    if (c.exitCode === null && c.signalCode === null) {
+      try { c.kill('SIGKILL') } catch {}
+    }
+  }
+  children.clear()
+}
+
+let handlersInstalled = false
+/** Kill every child on any way out of the runner. */
+export function installExitHandlers (): void {
+  if (handlersInstalled) return
+  handlersInstalled = true
+  process.on('exit', killAllChildren)
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      killAllChildren()
+      process.stderr.write(`\n${sig}: benchmark interrupted, servers killed\n`)
+      process.exit(130)
+    })
+  }
+  process.on('uncaughtException', (err) => {
+    killAllChildren()
+    console.error(err)
+    process.exit(1)
+  })
+}
+
+/** Track a child so it is killed with the runner. */
+export function track (child: ChildProcess): void {
+  children.add(child)
+  child.once('exit', () => children.delete(child))
+}
+
+export interface StallEvent { t: number, ms: number }
+
+export interface ServerHandle {
+  contender: Contender
+  port: number
+  pid: number | undefined
+  /** time series points received so far (epoch ms timestamps) */
+  series: SeriesPoint[]
+  stalls: StallEvent[]
+  stderr: string
+  stop: () => Promise<void>
+}
+
+export interface StartOptions {
+  contender: Contender
+  series?: boolean
+  stallEveryMs?: number
+  stallMs?: number
+  /** CPU to pin the server to (default 0) */
+  cpu?: number
+  /** extra environment */
+  env?: Record<string, string>
+}
+
+let nextPort = 20000 + (process.pid % 500) * 20
+
+async function answers (port: number, path = '/hello'): Promise<boolean> {
+  return await new Promise<boolean>((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent: false, timeout: 500 }, (res) => {
+      res.resume()
+      res.on('end', () => resolve(res.statusCode === 200))
+    })
+    req.on('timeout', () => req.destroy())
+    req.on('error', () => resolve(false))
+  })
+}
+
+/** Starts a server under test pinned to core 0 and waits until it answers. */
+export async function startServer (opts: StartOptions): Promise<ServerHandle> {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const port = nextPort++
+    if (nextPort > 32000) nextPort = 20000
+    try {
+      return await startOn(port, opts)
+    } catch (err) {
+      if (!String(err).includes('EADDRINUSE')) throw err
+    }
+  }
+  throw new Error('could not find a free port for the server under test')
+}
+
+async function startOn (port: number, opts: StartOptions): Promise<ServerHandle> {
+  const args = [
+    '--import', tsxImport, serverScript,
+    '--contender', opts.contender,
+    '--port', String(port),
+    '--series', opts.series === false ? 'off' : '-',
+    '--exit-with-stdin'
+  ]
+  if (opts.stallEveryMs !== undefined && opts.stallMs !== undefined) {
+    args.push('--stall-every-ms', String(opts.stallEveryMs), '--stall-ms', String(opts.stallMs))
+  }
+  const cpu = opts.cpu ?? 0
+  const [cmd, argv] = hasTaskset()
+    ? ['taskset', ['-c', String(cpu), process.execPath, ...args]]
+    : [process.execPath, args]
+  const child = spawn(cmd, argv as string[], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, ...opts.env, NODE_ENV: 'production' }
+  })
+  track(child)
+  const handle: ServerHandle = {
+    contender: opts.contender,
+    port,
+    pid: child.pid,
+    series: [],
+    stalls: [],
+    stderr: '',
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+      child.kill('SIGKILL')
+      await exited
+    }
+  }
+  child.stderr?.setEncoding('utf8')
+  child.stderr?.on('data', (d: string) => { if (handle.stderr.length < 20000) handle.stderr += d })
+  if (child.stdout !== null) {
+    const rl = createInterface({ input: child.stdout })
+    rl.on('line', (line) => {
+      if (line.length === 0 || line[0] !== '{') return
+      try {
+        const obj = JSON.parse(line) as SeriesPoint & { stall?: number, ms?: number }
+        if (typeof obj.stall === 'number') handle.stalls.push({ t: obj.stall, ms: obj.ms ?? 0 })
+        else handle.series.push(obj)
+      } catch {}
+    })
+  }
+  const deadline = Date.now() + 15000
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`server ${opts.contender} exited during start: ${handle.stderr.slice(0, 2000)}`)
+    }
+    if (await answers(port)) return handle
+    await sleep(40)
+  }
+  await handle.stop()
+  throw new Error(`server ${opts.contender} did not answer within 15 s: ${handle.stderr.slice(0, 2000)}`)
+}
+
+/** Runs a command (pinned like this process) and returns its stdout. Bounded by timeoutMs. */
+export async function runCommand (cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null, stdout: string }> {
+  return await new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] })
+    track(child)
+    let stdout = ''
+    child.stdout?.setEncoding('utf8')
+    child.stdout?.on('data', (d: string) => { stdout += d })
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs)
+    child.on('error', () => { clearTimeout(timer); resolve({ code: -1, stdout }) })
+    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, stdout }) })
+  })
+}
+
+export function commandExists (cmd: string): boolean {
+  const r = spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' })
+  return r.status === 0
+}
+
+export interface CpuSnapshot {
+  at: number
+  /** per CPU: [busy (user+nice+system), steal] in clock ticks */
+  cpus: Array<[number, number]>
+  /** server process CPU ticks (utime+stime), or NaN */
+  server: number
+  /** this process' CPU time in µs */
+  self: number
+}
+
+const ticksPerSecond = 100 // USER_HZ on Linux
+
+/** Reads /proc/stat and /proc/<pid>/stat to tell how much *other* work shared our CPUs (Linux only). */
+export function cpuSnapshot (serverPid: number | undefined): CpuSnapshot | undefined {
+  try {
+    const stat = readFileSync('/proc/stat', 'utf8')
+    const cpus: Array<[number, number]> = []
+    for (const line of stat.split('\n')) {
+      const m = /^cpu(\d+)\s+(.*)$/.exec(line)
+      if (m === null) continue
+      const f = (m[2] as string).split(/\s+/).map(Number)
+      cpus[Number(m[1])] = [(f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0), f[7] ?? 0]
+    }
+    let server = Number.NaN
+    if (serverPid !== undefined) {
+      const s = readFileSync(`/proc/${serverPid}/stat`, 'utf8')
+      const rest = s.slice(s.lastIndexOf(')') + 2).split(' ')
+      server = Number(rest[11]) + Number(rest[12])
+    }
+    const u = process.cpuUsage()
+    return { at: performance.now(), cpus, server, self: u.user + u.system }
+  } catch {
+    return undefined
+  }
+}
+
+export interface Interference {
+  /** share of CPU 0 used by processes other than the server under test */
+  cpu0Foreign: number
+  /** share of CPU 1 used by processes other than this runner (and its children) */
+  cpu1Foreign: number
+  /** share of time our CPUs were stolen by the hypervisor */
+  steal: number
+}
+
+export function interference (a: CpuSnapshot | undefined, b: CpuSnapshot | undefined, extraSelfMs = 0): Interference | undefined {
+  if (a === undefined || b === undefined) return undefined
+  const wall = (b.at - a.at) / 1000
+  if (!(wall > 0.2)) return undefined
+  const d = (i: number, k: 0 | 1): number => ((b.cpus[i]?.[k] ?? 0) - (a.cpus[i]?.[k] ?? 0)) / ticksPerSecond
+  const serverS = (b.server - a.server) / ticksPerSecond
+  const selfS = (b.self - a.self) / 1e6 + extraSelfMs / 1000
+  const r = (x: number): number => Math.round(Math.max(0, x) * 1000) / 1000
+  return {
+    cpu0Foreign: r((d(0, 0) - (Number.isFinite(serverS) ? serverS : 0)) / wall),
+    cpu1Foreign: r((d(1, 0) - selfS) / wall),
+    steal: r((d(0, 1) + d(1, 1)) / (2 * wall))
+  }
+}

@@ -1,0 +1,583 @@
+// The benchmark scenarios. Each function starts a fresh, pinned server per
+// contender, warms it up, drives open-loop load, kills it, and returns plain data.
+import { performance } from 'node:perf_hooks'
+import { runClosedLoop, runOpenLoop, type OpenLoopResult, type Phase, type Route } from './open-loop.js'
+import { commandExists, cpuSnapshot, interference, runCommand, startServer, type Interference, type ServerHandle, type StartOptions } from './proc.js'
+import type { Contender, SeriesPoint } from './server.js'
+import { Outcome, bucketStats, windowStats, type WindowStats } from './stats.js'
+
+export interface BenchConfig {
+  quick: boolean
+  sloMs: number
+  timeoutMs: number
+  /** wait after the last scheduled send (= timeoutMs in full mode; ≥ sloMs in quick mode, so goodput stays exact) */
+  drainMs: number
+  log: (line: string) => void
+}
+
+export interface GenInfo {
+  /** CPU share taken by other processes on CPU 0 (server) / CPU 1 (generator) during the run */
+  foreignCpu0: number | null
+  foreignCpu1: number | null
+  lagP99: number | null
+  lagMax: number | null
+  behind: boolean
+  connQueued: number
+  maxOutstanding: number
+  connectionsOpened: number
+}
+
+export interface ServerInfo {
+  maxInflight: number
+  meanInflight: number
+  meanElu: number
+  maxDelayP99: number
+  /** admission contender: limit range seen */
+  minLimit?: number
+  maxLimit?: number
+  died: boolean
+}
+
+/** Series point with t in seconds from the start of the measured run. */
+export type RelPoint = Omit<SeriesPoint, 't'> & { t: number }
+
+export interface Measured {
+  gen: OpenLoopResult
+  /** CPU used by other processes on our two CPUs during the measured run */
+  interference: Interference | undefined
+  series: RelPoint[]
+  stalls: Array<{ t: number, ms: number }>
+  died: boolean
+}
+
+const round = (x: number | null, d = 2): number | null => x === null ? null : Math.round(x * 10 ** d) / 10 ** d
+
+export function genInfo (g: OpenLoopResult, intf?: Interference): GenInfo {
+  return {
+    foreignCpu0: intf?.cpu0Foreign ?? null,
+    foreignCpu1: intf?.cpu1Foreign ?? null,
+    lagP99: round(g.lag.p99),
+    lagMax: round(g.lag.max),
+    behind: g.behind,
+    connQueued: g.connQueued,
+    maxOutstanding: g.maxOutstanding,
+    connectionsOpened: g.connectionsOpened
+  }
+}
+
+export function serverInfo (m: Measured, fromS = 0, toS = Infinity): ServerInfo {
+  const pts = m.series.filter(p => p.t >= fromS && p.t < toS)
+  const n = Math.max(1, pts.length)
+  const limits = pts.map(p => p.limit).filter((x): x is number => typeof x === 'number')
+  const info: ServerInfo = {
+    maxInflight: pts.reduce((a, p) => Math.max(a, p.inflight), 0),
+    meanInflight: round(pts.reduce((a, p) => a + p.inflight, 0) / n, 1) ?? 0,
+    meanElu: round(pts.reduce((a, p) => a + p.elu, 0) / n, 3) ?? 0,
+    maxDelayP99: pts.reduce((a, p) => Math.max(a, p.delayP99), 0),
+    died: m.died
+  }
+  if (limits.length > 0) {
+    info.minLimit = Math.min(...limits)
+    info.maxLimit = Math.max(...limits)
+  }
+  return info
+}
+
+export function roundStats (s: WindowStats): WindowStats {
+  return {
+    ...s,
+    offeredPerSec: round(s.offeredPerSec, 1) ?? 0,
+    goodPerSec: round(s.goodPerSec, 1) ?? 0,
+    okP50: round(s.okP50),
+    okP99: round(s.okP99),
+    okMax: round(s.okMax),
+    rejP50: round(s.rejP50),
+    rejP99: round(s.rejP99)
+  }
+}
+
+interface MeasureOptions {
+  phases: Phase[]
+  routes: string | Route[]
+  /** warm-up load (discarded): seconds at rate */
+  warmup?: Phase
+  drainMs: number
+  timeoutMs: number
+}
+
+/** Warm up, then run the measured load against a running server and collect its series. */
+export async function measure (srv: ServerHandle, o: MeasureOptions): Promise<Measured> {
+  if (o.warmup !== undefined && o.warmup.seconds > 0) {
+    await runOpenLoop({ port: srv.port, phases: [o.warmup], routes: o.routes, drainMs: 1000, timeoutMs: o.timeoutMs })
+    await sleepMs(150)
+  }
+  srv.series.length = 0
+  srv.stalls.length = 0
+  const before = cpuSnapshot(srv.pid)
+  const gen = await runOpenLoop({ port: srv.port, phases: o.phases, routes: o.routes, drainMs: o.drainMs, timeoutMs: o.timeoutMs })
+  const intf = interference(before, cpuSnapshot(srv.pid))
+  const start = gen.startEpochMs
+  const end = gen.seconds
+  const series = srv.series
+    .map(p => ({ ...p, t: Math.round((p.t - start) / 10) / 100 }))
+    .filter(p => p.t >= -0.2 && p.t <= end + 0.2)
+  const stalls = srv.stalls.map(s => ({ t: Math.round((s.t - start) / 10) / 100, ms: s.ms }))
+  const died = srv.pid === undefined || !isAlive(srv.pid)
+  return { gen, interference: intf, series, stalls, died }
+}
+
+function isAlive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+async function sleepMs (ms: number): Promise<void> {
+  await new Promise(resolve => setTimeout(resolve, ms))
+}
+
+/** Start a fresh server, measure, and always kill it. */
+export async function withServer<T> (opts: StartOptions, fn: (srv: ServerHandle) => Promise<T>): Promise<T> {
+  const srv = await startServer(opts)
+  try {
+    return await fn(srv)
+  } finally {
+    await srv.stop()
+  }
+}
+
+// ---------------------------------------------------------------------------
+// capacity
+
+export interface CapacityResult {
+  rps: number
+  method: string
+  ramp: Array<{ rate: number, okP90: number | null, offered: number, good: number }>
+  estimate: number
+  probes: Array<{ rate: number, seconds: number, pass: boolean, goodShare: number, okP99: number | null, why: string }>
+  unloadedP99: number | null
+}
+
+/**
+ * The highest rate at which bare Fastify still meets the SLO on /work: a geometric ramp
+ * (0.25 s steps, ×1.15) finds where latency starts to grow, then short probes refine it.
+ * A probe passes when ≥ 99 % of requests are 2xx within the SLO and admitted p99 stays
+ * ≤ max(100 ms, 3 × the ramp's unloaded p99) — i.e. no queue builds up during the probe.
+ */
+export async function measureCapacity (cfg: BenchConfig): Promise<CapacityResult> {
+  return await withServer({ contender: 'bare', series: false }, async (srv) => {
+    await runOpenLoop({ port: srv.port, phases: [{ seconds: cfg.quick ? 0.5 : 1, rate: 150 }], routes: '/work', drainMs: 1000 })
+    const rates: number[] = []
+    for (let r = 120; r < 4000; r *= 1.15) rates.push(Math.round(r))
+    const ctl = new AbortController()
+    const ramp = await runOpenLoop({
+      port: srv.port,
+      phases: rates.map(rate => ({ seconds: 0.25, rate })),
+      routes: '/work',
+      drainMs: 3000,
+      signal: ctl.signal,
+      onComplete: (_i, outcome, lat) => { if (lat > 400 || outcome !== Outcome.ok) ctl.abort() }
+    })
+    const steps: CapacityResult['ramp'] = []
+    let t = 0
+    for (const rate of rates) {
+      const w = windowStats(ramp.records, t, t + 0.25, cfg.sloMs)
+      t += 0.25
+      if (w.offered === 0) break
+      const lat = collectOk(ramp, (t - 0.25) * 1000, t * 1000)
+      steps.push({ rate, okP90: round(pct(lat, 90)), offered: w.offered, good: w.good })
+    }
+    const base = pct(collectOk(ramp, 0, 750), 50) ?? 25
+    const baseP99 = pct(collectOk(ramp, 0, 750), 99) ?? 30
+    // queue onset: the first of two consecutive steps whose p90 is 25 ms above the unloaded median
+    // (a single slow step is noise; a real queue only grows)
+    const slow = steps.map(s => s.okP90 === null || s.okP90 > base + 25 || s.good < s.offered)
+    let estimate = rates[0] as number
+    for (let k = 0; k < steps.length; k++) {
+      if (slow[k] === true && (slow[k + 1] ?? true)) break
+      estimate = (steps[k] as { rate: number }).rate
+    }
+    // refine around the estimate with short probes
+    const probeSeconds = cfg.quick ? 2 : 3
+    const maxProbes = cfg.quick ? 1 : 3
+    const p99Limit = Math.max(100, 3 * baseP99)
+    let lo = estimate / 1.15
+    let hi = estimate * 1.1
+    let best: number | undefined
+    const probes: CapacityResult['probes'] = []
+    // the ramp overshoots a little (a queue needs a few steps to show), so start just below it
+    let candidate = estimate / 1.05
+    for (let k = 0; k < maxProbes; k++) {
+      const r = Math.round(candidate)
+      const res = await runOpenLoop({ port: srv.port, phases: [{ seconds: probeSeconds, rate: r }], routes: '/work', drainMs: 3000 })
+      const w = windowStats(res.records, 0, probeSeconds, cfg.sloMs)
+      const goodShare = w.offered > 0 ? w.good / w.offered : 0
+      const pass = goodShare >= 0.99 && w.okP99 !== null && w.okP99 <= p99Limit
+      probes.push({
+        rate: r,
+        seconds: probeSeconds,
+        pass,
+        goodShare: round(goodShare, 4) ?? 0,
+        okP99: round(w.okP99),
+        why: pass ? 'meets SLO' : goodShare < 0.99 ? `only ${(goodShare * 100).toFixed(1)} % good` : `p99 ${w.okP99?.toFixed(0)} ms > ${p99Limit.toFixed(0)} ms`
+      })
+      cfg.log(`  capacity probe ${r}/s: ${pass ? 'pass' : 'fail'} (good ${(goodShare * 100).toFixed(1)} %, p99 ${w.okP99?.toFixed(1)} ms)`)
+      if (pass) { best = Math.max(best ?? 0, r); lo = r } else { hi = r }
+      candidate = (lo + hi) / 2
+      await sleepMs(300)
+    }
+    const rps = Math.round(best ?? lo)
+    return {
+      rps,
+      method: `ramp ×1.15 per 0.25 s to queue onset, then ${maxProbes} probe(s) of ${probeSeconds} s: ≥ 99 % 2xx within ${cfg.sloMs} ms and p99 ≤ ${p99Limit.toFixed(0)} ms`,
+      ramp: steps,
+      estimate,
+      probes,
+      unloadedP99: round(baseP99)
+    }
+  })
+}
+
+function collectOk (g: OpenLoopResult, fromMs: number, toMs: number): Float64Array {
+  const r = g.records
+  const out: number[] = []
+  for (let i = 0; i < r.count; i++) {
+    const s = r.sched[i] as number
+    if (s >= fromMs && s < toMs && r.outcome[i] === Outcome.ok) out.push(r.latency[i] as number)
+  }
+  const a = Float64Array.from(out)
+  a.sort()
+  return a
+}
+
+function pct (sorted: Float64Array, p: number): number | null {
+  if (sorted.length === 0) return null
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? null
+}
+
+// ---------------------------------------------------------------------------
+// sweep
+
+export interface SweepPoint {
+  mult: number
+  rate: number
+  seconds: number
+  stats: WindowStats
+  gen: GenInfo
+  server: ServerInfo
+}
+
+export async function runSweep (cfg: BenchConfig, capacity: number, contenders: Contender[], mults: number[], seconds: number, skip: (c: Contender, m: number) => boolean = () => false): Promise<Record<string, SweepPoint[]>> {
+  const out: Record<string, SweepPoint[]> = {}
+  for (const c of contenders) {
+    const points: SweepPoint[] = []
+    for (const mult of mults) {
+      if (skip(c, mult)) continue
+      const rate = Math.round(capacity * mult)
+      const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
+        phases: [{ seconds, rate }],
+        routes: '/work',
+        warmup: { seconds: cfg.quick ? 0.4 : 1, rate: Math.round(capacity * 0.3) },
+        drainMs: cfg.drainMs,
+        timeoutMs: cfg.timeoutMs
+      }))
+      const stats = roundStats(windowStats(m.gen.records, 0, seconds, cfg.sloMs))
+      points.push({ mult, rate, seconds, stats, gen: genInfo(m.gen, m.interference), server: serverInfo(m, 0, seconds) })
+      cfg.log(`  sweep ${c.padEnd(14)} ${String(mult).padStart(4)}x ${String(rate).padStart(5)}/s  goodput ${pct100(stats.goodPerSec / capacity)}  2xx p99 ${ms(stats.okP99)}  503 ${stats.rejected} (p99 ${ms(stats.rejP99)})  timeouts ${stats.timeouts}${flags(m)}`)
+    }
+    out[c] = points
+  }
+  return out
+}
+
+/** Warnings for a measured run: generator behind its schedule, other processes on our CPUs. */
+export function flags (m: Measured): string {
+  const out: string[] = []
+  if (m.gen.behind) out.push(`generator behind (lag p99 ${m.gen.lag.p99?.toFixed(0)} ms)`)
+  const i = m.interference
+  if (i !== undefined && (i.cpu0Foreign > 0.05 || i.cpu1Foreign > 0.05)) out.push(`other processes used CPU0 ${pct100(i.cpu0Foreign)}, CPU1 ${pct100(i.cpu1Foreign)}`)
+  if (m.died) out.push('server died')
+  return out.length > 0 ? `  [${out.join('; ')}]` : ''
+}
+
+export const pct100 = (x: number): string => `${(x * 100).toFixed(0)} %`
+export const ms = (x: number | null): string => x === null ? '–' : x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(x < 10 ? 1 : 0)} ms`
+
+// ---------------------------------------------------------------------------
+// step 0.5x → 3x → 0.5x
+
+export interface StepResult {
+  phases: Array<Phase & { mult: number }>
+  stepUpAt: number
+  stepDownAt: number
+  /** per 100 ms, by scheduled time */
+  buckets: Array<{ t: number, offered: number, ok: number, good: number, rejected: number, failed: number, okP99: number | null }>
+  series: RelPoint[]
+  phaseStats: WindowStats[]
+  /** seconds from the step up to the first 503 (null: none) */
+  firstRejectAfter: number | null
+  /** seconds from the step up until the 500 ms rolling goodput first reaches 90 % of capacity */
+  recoveryTime: number | null
+  /** goodput over [step + 1 s, step down) as a share of capacity */
+  goodputAfter1s: number
+  /** seconds from the step down to the last 503 (0: none after the step down) */
+  lastRejectAfterDown: number
+  rejectionsAfterDown2s: number
+  gen: GenInfo
+  server: ServerInfo
+}
+
+export async function runStep (cfg: BenchConfig, capacity: number, contenders: Contender[], secs: [number, number, number]): Promise<Record<string, StepResult>> {
+  const mults = [0.5, 3, 0.5]
+  const phases = mults.map((mult, k) => ({ seconds: secs[k] as number, rate: Math.round(capacity * mult), mult }))
+  const stepUpAt = secs[0]
+  const stepDownAt = secs[0] + secs[1]
+  const total = secs[0] + secs[1] + secs[2]
+  const out: Record<string, StepResult> = {}
+  for (const c of contenders) {
+    const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
+      phases,
+      routes: '/work',
+      warmup: { seconds: cfg.quick ? 0.4 : 1, rate: Math.round(capacity * 0.3) },
+      drainMs: cfg.drainMs,
+      timeoutMs: cfg.timeoutMs
+    }))
+    const rec = m.gen.records
+    const b = bucketStats(rec, total, 100, cfg.sloMs)
+    const buckets = b.map(w => ({
+      t: round(w.from, 1) ?? 0,
+      offered: w.offered,
+      ok: w.ok,
+      good: w.good,
+      rejected: w.rejected,
+      failed: w.errors + w.timeouts + w.unfinished + w.other,
+      okP99: round(w.okP99, 1)
+    }))
+    let firstRejectAfter: number | null = null
+    let lastRejectAfterDown = 0
+    let rejectionsAfterDown2s = 0
+    for (let i = 0; i < rec.count; i++) {
+      if (rec.outcome[i] !== Outcome.rejected) continue
+      const s = (rec.sched[i] as number) / 1000
+      if (s >= stepUpAt && firstRejectAfter === null) firstRejectAfter = s - stepUpAt
+      if (s >= stepDownAt) {
+        lastRejectAfterDown = Math.max(lastRejectAfterDown, s - stepDownAt)
+        if (s >= stepDownAt + 2) rejectionsAfterDown2s++
+      }
+    }
+    let recoveryTime: number | null = null
+    const first = Math.round(stepUpAt * 10)
+    const last = Math.round(stepDownAt * 10)
+    for (let k = first; k + 5 <= last; k++) {
+      let good = 0
+      for (let j = k; j < k + 5; j++) good += buckets[j]?.good ?? 0
+      if (good / 0.5 >= 0.9 * capacity) { recoveryTime = round((k + 5) / 10 - stepUpAt, 1); break }
+    }
+    const after = windowStats(rec, stepUpAt + 1, stepDownAt, cfg.sloMs)
+    const phaseStats = [
+      windowStats(rec, 0, stepUpAt, cfg.sloMs),
+      windowStats(rec, stepUpAt, stepDownAt, cfg.sloMs),
+      windowStats(rec, stepDownAt, total, cfg.sloMs)
+    ].map(roundStats)
+    out[c] = {
+      phases,
+      stepUpAt,
+      stepDownAt,
+      buckets,
+      series: m.series,
+      phaseStats,
+      firstRejectAfter: round(firstRejectAfter, 2),
+      recoveryTime,
+      goodputAfter1s: round(after.goodPerSec / capacity, 3) ?? 0,
+      lastRejectAfterDown: round(lastRejectAfterDown, 2) ?? 0,
+      rejectionsAfterDown2s,
+      gen: genInfo(m.gen, m.interference),
+      server: serverInfo(m, 0, total)
+    }
+    cfg.log(`  step  ${c.padEnd(14)} 3x goodput after 1 s ${pct100(out[c].goodputAfter1s)}, recovery ${out[c].recoveryTime ?? '–'} s, last 503 after step-down +${out[c].lastRejectAfterDown} s${flags(m)}`)
+  }
+  return out
+}
+
+// ---------------------------------------------------------------------------
+// single-load scenarios: slow downstream, stall, bimodal
+
+export interface LoadResult {
+  rate: number
+  mult: number
+  seconds: number
+  stats: WindowStats
+  gen: GenInfo
+  server: ServerInfo
+  /** stall scenario */
+  stalls?: Array<{ t: number, ms: number }>
+  rejectedOutsideStalls?: number
+  rejectedNearStalls?: number
+  /** bimodal scenario */
+  byRoute?: Array<{ name: string, cpuMs: number, stats: WindowStats }>
+  /** CPU-ms of work completed within the SLO per second of wall time, as a share of one core */
+  usefulCpuShare?: number
+}
+
+export async function runSlowDownstream (cfg: BenchConfig, capacity: number, contenders: Contender[], seconds: number): Promise<Record<string, LoadResult>> {
+  const out: Record<string, LoadResult> = {}
+  const mult = 0.7
+  const rate = Math.round(capacity * mult)
+  const route = '/work?cpu=1&io=300'
+  for (const c of contenders) {
+    const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
+      phases: [{ seconds, rate }],
+      routes: route,
+      warmup: { seconds: cfg.quick ? 0.5 : 1, rate: Math.round(capacity * 0.3) },
+      drainMs: cfg.drainMs,
+      timeoutMs: cfg.timeoutMs
+    }))
+    const stats = roundStats(windowStats(m.gen.records, 0, seconds, cfg.sloMs))
+    out[c] = { rate, mult, seconds, stats, gen: genInfo(m.gen, m.interference), server: serverInfo(m, 0, seconds) }
+    cfg.log(`  slow  ${c.padEnd(14)} 503s ${stats.rejected}, in-flight max ${out[c].server.maxInflight}, ELU ${out[c].server.meanElu}, 2xx p99 ${ms(stats.okP99)}${flags(m)}`)
+  }
+  return out
+}
+
+export async function runStall (cfg: BenchConfig, capacity: number, contenders: Contender[], seconds: number, everyMs: number, stallMs: number): Promise<Record<string, LoadResult>> {
+  const out: Record<string, LoadResult> = {}
+  const mult = 0.7
+  const rate = Math.round(capacity * mult)
+  for (const c of contenders) {
+    const m = await withServer({ contender: c, stallEveryMs: everyMs, stallMs }, async (srv) => await measure(srv, {
+      phases: [{ seconds, rate }],
+      routes: '/work',
+      warmup: { seconds: cfg.quick ? 0.4 : 1, rate: Math.round(capacity * 0.3) },
+      drainMs: cfg.drainMs,
+      timeoutMs: cfg.timeoutMs
+    }))
+    const rec = m.gen.records
+    const stalls = m.stalls.filter(s => s.t > -1 && s.t < seconds + 1)
+    let outside = 0
+    let near = 0
+    for (let i = 0; i < rec.count; i++) {
+      if (rec.outcome[i] !== Outcome.rejected) continue
+      const s = (rec.sched[i] as number) / 1000
+      const inStall = stalls.some(st => s >= st.t && s <= st.t + st.ms / 1000)
+      const nearStall = stalls.some(st => s >= st.t && s <= st.t + st.ms / 1000 + 0.5)
+      if (!inStall) outside++
+      if (nearStall && !inStall) near++
+    }
+    const stats = roundStats(windowStats(rec, 0, seconds, cfg.sloMs))
+    out[c] = {
+      rate,
+      mult,
+      seconds,
+      stats,
+      gen: genInfo(m.gen, m.interference),
+      server: serverInfo(m, 0, seconds),
+      stalls,
+      rejectedOutsideStalls: outside,
+      rejectedNearStalls: near
+    }
+    cfg.log(`  stall ${c.padEnd(14)} ${stalls.length} stalls, 503s ${stats.rejected} (outside the stall windows ${outside}, of which ≤ 0.5 s after a stall ${near}), 2xx p99 ${ms(stats.okP99)}${flags(m)}`)
+  }
+  return out
+}
+
+export const bimodalRoutes: Array<Route & { name: string, cpuMs: number }> = [
+  { name: 'cheap', path: '/work?cpu=0.1&io=1&cpu2=0.1', weight: 9, cpuMs: 0.2 },
+  { name: 'expensive', path: '/work?cpu=5&io=1&cpu2=5', weight: 1, cpuMs: 10 }
+]
+
+export async function runBimodal (cfg: BenchConfig, capacity: number, contenders: Contender[], seconds: number, mult: number): Promise<Record<string, LoadResult>> {
+  const out: Record<string, LoadResult> = {}
+  const rate = Math.round(capacity * mult)
+  for (const c of contenders) {
+    const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
+      phases: [{ seconds, rate }],
+      routes: bimodalRoutes,
+      warmup: { seconds: cfg.quick ? 0.4 : 1, rate: Math.round(capacity * 0.3) },
+      drainMs: cfg.drainMs,
+      timeoutMs: cfg.timeoutMs
+    }))
+    const rec = m.gen.records
+    const byRoute = bimodalRoutes.map((r, idx) => ({
+      name: r.name,
+      cpuMs: r.cpuMs,
+      stats: roundStats(windowStats(rec, 0, seconds, cfg.sloMs, { routes: [idx] }))
+    }))
+    const usefulCpuMs = byRoute.reduce((a, r) => a + r.stats.good * r.cpuMs, 0)
+    const stats = roundStats(windowStats(rec, 0, seconds, cfg.sloMs))
+    out[c] = {
+      rate,
+      mult,
+      seconds,
+      stats,
+      gen: genInfo(m.gen, m.interference),
+      server: serverInfo(m, 0, seconds),
+      byRoute,
+      usefulCpuShare: round(usefulCpuMs / (seconds * 1000), 3) ?? 0
+    }
+    cfg.log(`  mixed ${c.padEnd(14)} useful CPU ${pct100(out[c].usefulCpuShare ?? 0)}, cheap good ${byRoute[0]?.stats.good} / 503 ${byRoute[0]?.stats.rejected}, expensive good ${byRoute[1]?.stats.good} / 503 ${byRoute[1]?.stats.rejected}${flags(m)}`)
+  }
+  return out
+}
+
+// ---------------------------------------------------------------------------
+// hello-world overhead (closed loop)
+
+export interface HelloResult {
+  tool: string
+  connections: number
+  roundSeconds: number
+  rounds: Array<Record<string, number>>
+  mean: Record<string, number>
+  ratio: number
+  note?: string
+}
+
+export async function runHello (cfg: BenchConfig, contenders: Contender[], rounds: number, roundSeconds: number): Promise<HelloResult> {
+  const connections = 50
+  const useWrk = commandExists('wrk')
+  const tool = useWrk ? 'wrk -t1 -c50 (pinned to core 1)' : 'built-in closed-loop client, 50 connections (install wrk for a client that cannot be the bottleneck)'
+  const servers: ServerHandle[] = []
+  try {
+    for (const c of contenders) servers.push(await startServer({ contender: c, series: false }))
+    const once = async (srv: ServerHandle, seconds: number): Promise<number> => {
+      if (useWrk) {
+        const r = await runCommand('wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, `http://127.0.0.1:${srv.port}/hello`], (seconds + 10) * 1000)
+        const mt = /Requests\/sec:\s*([\d.]+)/.exec(r.stdout)
+        return mt !== null ? Number(mt[1]) : 0
+      }
+      return (await runClosedLoop({ port: srv.port, path: '/hello', connections, seconds })).perSec
+    }
+    for (const srv of servers) await once(srv, cfg.quick ? 0.5 : 1) // warm-up
+    const res: Array<Record<string, number>> = []
+    for (let k = 0; k < rounds; k++) {
+      const row: Record<string, number> = {}
+      // alternate the order every round
+      const order = k % 2 === 0 ? servers : [...servers].reverse()
+      for (const srv of order) row[srv.contender] = Math.round(await once(srv, roundSeconds))
+      res.push(row)
+      cfg.log(`  hello round ${k + 1}: ${Object.entries(row).map(([c, v]) => `${c} ${v}/s`).join(', ')}`)
+    }
+    const mean: Record<string, number> = {}
+    for (const c of contenders) mean[c] = Math.round(res.reduce((a, r) => a + (r[c] ?? 0), 0) / res.length)
+    const base = mean.bare ?? 0
+    const ratio = base > 0 ? (mean.admission ?? 0) / base : 0
+    return {
+      tool,
+      connections,
+      roundSeconds,
+      rounds: res,
+      mean,
+      ratio: round(ratio, 3) ?? 0,
+      ...(useWrk ? {} : { note: 'closed-loop client may be the bottleneck: the ratio is then biased towards 1' })
+    }
+  } finally {
+    for (const s of servers) await s.stop()
+  }
+}
+
+export function elapsedSince (t0: number): number {
+  return (performance.now() - t0) / 1000
+}

@@ -1,0 +1,105 @@
+// The targets fastify-admission must meet, checked against a results file.
+// Every target is evaluated for every contender that ran the scenario, so the
+// report can show the baselines' figures next to the plugin's; PASS/FAIL of the
+// benchmark as a whole is the admission contender's.
+import type { BenchResults } from './results.js'
+import { ms, pct100 } from './scenarios.js'
+
+export interface TargetCheck {
+  id: string
+  label: string
+  target: string
+  byContender: Record<string, { value: string, pass: boolean }>
+}
+
+export function checkTargets (r: BenchResults): TargetCheck[] {
+  const out: TargetCheck[] = []
+  const C = r.capacity.rps
+  const sweepAt = (c: string, mult: number): BenchResults['sweep']['results'][string][number] | undefined =>
+    r.sweep.results[c]?.find(p => p.mult === mult)
+
+  const goodputTargets: Array<[number, number]> = [[2, 0.95], [4, 0.9], [10, 0.8]]
+  for (const [mult, min] of goodputTargets) {
+    const t: TargetCheck = { id: `goodput-${mult}x`, label: `goodput at ${mult}x`, target: `≥ ${min * 100} % of capacity`, byContender: {} }
+    for (const c of Object.keys(r.sweep.results)) {
+      const p = sweepAt(c, mult)
+      if (p === undefined) continue
+      const share = p.stats.goodPerSec / C
+      t.byContender[c] = { value: pct100(share), pass: share >= min }
+    }
+    out.push(t)
+  }
+
+  for (const mult of [2, 4]) {
+    const t: TargetCheck = { id: `p99-${mult}x`, label: `admitted p99 at ${mult}x`, target: '≤ 2 × unloaded p99 (own 0.5x)', byContender: {} }
+    for (const c of Object.keys(r.sweep.results)) {
+      const p = sweepAt(c, mult)
+      const base = sweepAt(c, 0.5)?.stats.okP99 ?? sweepAt('bare', 0.5)?.stats.okP99 ?? r.capacity.unloadedP99
+      if (p === undefined || base === null || base === undefined) continue
+      const v = p.stats.okP99
+      t.byContender[c] = { value: `${ms(v)} (limit ${ms(2 * base)})`, pass: v !== null && v <= 2 * base }
+    }
+    out.push(t)
+  }
+
+  {
+    const t: TargetCheck = { id: 'rej-p99-4x', label: '503 p99 at 4x', target: '≤ 20 ms', byContender: {} }
+    for (const c of Object.keys(r.sweep.results)) {
+      const p = sweepAt(c, 4)
+      if (p === undefined || p.stats.rejected === 0) continue
+      t.byContender[c] = { value: ms(p.stats.rejP99), pass: p.stats.rejP99 !== null && p.stats.rejP99 <= 20 }
+    }
+    out.push(t)
+  }
+
+  {
+    const t: TargetCheck = { id: 'no-rej-0.5x', label: 'rejections at 0.5x', target: '= 0', byContender: {} }
+    for (const c of Object.keys(r.sweep.results)) {
+      const p = sweepAt(c, 0.5)
+      if (p === undefined) continue
+      t.byContender[c] = { value: String(p.stats.rejected), pass: p.stats.rejected === 0 }
+    }
+    out.push(t)
+  }
+
+  if (r.slow !== undefined) {
+    const t: TargetCheck = { id: 'no-rej-slow', label: 'rejections, slow downstream (io 300 ms, 0.7x)', target: '= 0', byContender: {} }
+    for (const [c, v] of Object.entries(r.slow.results)) t.byContender[c] = { value: String(v.stats.rejected), pass: v.stats.rejected === 0 }
+    out.push(t)
+  }
+
+  if (r.stall !== undefined) {
+    const t: TargetCheck = { id: 'no-rej-stall', label: 'rejections outside the stall windows (0.7x)', target: '= 0', byContender: {} }
+    for (const [c, v] of Object.entries(r.stall.results)) {
+      const n = v.rejectedOutsideStalls ?? 0
+      t.byContender[c] = { value: `${n} (total 503s ${v.stats.rejected})`, pass: n === 0 }
+    }
+    out.push(t)
+  }
+
+  if (r.step !== undefined) {
+    const up: TargetCheck = { id: 'step-up', label: 'step to 3x: goodput back to ≥ 90 % of capacity', target: 'within 1 s, and held', byContender: {} }
+    const down: TargetCheck = { id: 'step-down', label: 'step back to 0.5x: last rejection', target: '≤ 2 s after the step', byContender: {} }
+    for (const [c, v] of Object.entries(r.step.results)) {
+      up.byContender[c] = {
+        value: `${v.recoveryTime === null ? 'never' : `${v.recoveryTime} s`}, then ${pct100(v.goodputAfter1s)}`,
+        pass: v.recoveryTime !== null && v.recoveryTime <= 1 && v.goodputAfter1s >= 0.9
+      }
+      down.byContender[c] = {
+        value: v.lastRejectAfterDown === 0 && v.rejectionsAfterDown2s === 0 ? 'none' : `+${v.lastRejectAfterDown} s (${v.rejectionsAfterDown2s} after 2 s)`,
+        pass: v.rejectionsAfterDown2s === 0
+      }
+    }
+    out.push(up, down)
+  }
+
+  if (r.hello !== undefined && r.hello.mean.admission !== undefined) {
+    out.push({
+      id: 'hello-ratio',
+      label: 'hello-world req/s vs bare',
+      target: '≥ 0.98',
+      byContender: { admission: { value: `${r.hello.ratio.toFixed(3)} (${r.hello.mean.admission} vs ${r.hello.mean.bare ?? 0}/s)`, pass: r.hello.ratio >= 0.98 } }
+    })
+  }
+  return out
+}
