@@ -49,7 +49,7 @@ export interface AdmissionSnapshot {
   readonly eventLoopUtilization: number
   /** Event-loop delay (99th percentile over the last window, beyond the sampling resolution), seconds. */
   readonly eventLoopDelaySeconds: number
-  /** Offered ÷ sustainable throughput (≈ ELU without overload; > 1 = capacity missing). */
+  /** Offered / sustainable throughput (~ ELU without overload; > 1 = capacity missing). */
   readonly saturation: number
   /** Estimated sustainable throughput, requests per second (0 while unknown). */
   readonly capacity: number

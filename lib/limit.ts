@@ -2,11 +2,11 @@
 // arrives as a WindowStats value, so the algorithm is a plain function of the samples it is fed.
 //
 // The model (see README "How the limit is learned"):
-//   capacity  = requests finished per second of busy event loop   (completions ÷ (ELU · window))
+//   capacity  = requests finished per second of busy event loop   (completions / (ELU * window))
 //   baseline  = mean latency of requests while the loop had headroom (no queueing for the CPU)
-//   limit     = capacity · baseline · (1 + headroom)
-// This is Little's law at full utilisation: capacity · baseline requests keep the CPU exactly busy;
-// the headroom admits a small standing queue (mean queueing ≈ headroom · baseline) so the loop never
+//   limit     = capacity * baseline * (1 + headroom)
+// This is Little's law at full utilisation: capacity * baseline requests keep the CPU exactly busy;
+// the headroom admits a small standing queue (mean queueing ~ headroom * baseline) so the loop never
 // idles while requests wait. A slow downstream raises the baseline (measured while the CPU is idle) and
 // so the limit; it never lowers the capacity. The limit is *enforced* only while the loop is under
 // pressure (see `pressure`), so in-flight that is high only because a downstream is slow is never shed.

@@ -37,7 +37,7 @@ export interface AdmissionOptions {
    */
   statusCode?: 503 | 429
   /**
-   * How often the event-loop signals are sampled and the limit updated, milliseconds (10–10000).
+   * How often the event-loop signals are sampled and the limit updated, milliseconds (10-10000).
    * @defaultValue 100
    */
   sampleInterval?: number
@@ -62,7 +62,7 @@ export interface AdmissionOptions {
    */
   maxLimit?: number
   /**
-   * Queueing the limit allows, as a fraction of the requests' own latency (0–4). Lower trades a little
+   * Queueing the limit allows, as a fraction of the requests' own latency (0-4). Lower trades a little
    * throughput for lower admitted latency under overload.
    * @defaultValue 0.5
    */
@@ -216,7 +216,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   const minLimit = integer(opts, 'minLimit', 2, 1, 1_000_000)
   const maxLimit = integer(opts, 'maxLimit', 10_000, 1, 1_000_000)
   if (maxLimit < minLimit) {
-    throw new InvalidOptionError('maxLimit', `an integer ≥ minLimit (${minLimit})`, show(maxLimit))
+    throw new InvalidOptionError('maxLimit', `an integer >= minLimit (${minLimit})`, show(maxLimit))
   }
   const initialLimit = integer(opts, 'initialLimit', Math.min(Math.max(50, minLimit), maxLimit), minLimit, maxLimit)
   const headroom = opts.headroom === undefined ? 0.5 : opts.headroom

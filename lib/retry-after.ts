@@ -3,7 +3,7 @@
 // Pure: time is passed in, randomness is injected.
 
 export interface RetryAfterSettings {
-  /** Smallest advertised value, whole seconds (≥ 1). */
+  /** Smallest advertised value, whole seconds (>= 1). */
   min: number
   /** Largest advertised value, whole seconds. */
   max: number

@@ -106,7 +106,7 @@ for (const [name, value, message] of invalid) {
 t.test('maxLimit below minLimit', async t => {
   t.throws(() => resolveOptions({ minLimit: 10, maxLimit: 5 }), {
     code: 'FST_ERR_ADMISSION_INVALID_OPTION',
-    message: /"maxLimit": expected an integer ≥ minLimit \(10\), received 5/
+    message: /"maxLimit": expected an integer >= minLimit \(10\), received 5/
   })
   t.throws(() => resolveOptions({ maxLimit: 5, initialLimit: 6 }), { message: /"initialLimit": expected an integer from 2 to 5/ })
   t.throws(() => resolveOptions({ retryAfterMin: 10, retryAfterMax: 5 }), { message: /"retryAfterMax": expected an integer from 10/ })
