@@ -1,0 +1,250 @@
+// Live demo: start example/server.ts, measure its capacity, hit it with an
+// open-loop burst (0.5x → 3x → 0.5x) and watch fastify-admission shed the excess.
+//
+//   npm run demo
+//
+// The server runs pinned to CPU 0 (when taskset exists), this process to CPU 1.
+// limit / in-flight / ELU come from scraping the plugin's own /metrics endpoint.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import http from 'node:http'
+import net from 'node:net'
+import { fileURLToPath } from 'node:url'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { runOpenLoop, scheduleOf, type OpenLoopResult, type Phase } from '../bench/open-loop.js'
+import { Outcome, percentile, windowStats } from '../bench/stats.js'
+
+const SLO_MS = 1000
+const serverScript = fileURLToPath(new URL('./server.ts', import.meta.url))
+const tsxImport = import.meta.resolve('tsx')
+
+function hasTaskset (): boolean {
+  return spawnSync('taskset', ['--version'], { stdio: 'ignore' }).status === 0
+}
+
+async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address()
+      const port = typeof addr === 'object' && addr !== null ? addr.port : 0
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+let child: ChildProcess | undefined
+function killChild (): void {
+  if (child !== undefined && child.exitCode === null && child.signalCode === null) {
+    try { child.kill('SIGKILL') } catch {}
+  }
+}
+process.on('exit', killChild)
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.on(sig, () => { killChild(); process.exit(130) })
+}
+
+async function get (port: number, path: string, agent: http.Agent | false, timeoutMs = 1000): Promise<{ status: number, body: string }> {
+  return await new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent, timeout: timeoutMs }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (d: string) => { body += d })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+    })
+    req.on('timeout', () => req.destroy())
+    req.on('error', () => resolve({ status: 0, body: '' }))
+  })
+}
+
+async function startServer (port: number): Promise<void> {
+  const args = ['--import', tsxImport, serverScript]
+  const pinned = hasTaskset()
+  child = pinned
+    ? spawn('taskset', ['-c', '0', process.execPath, ...args], { env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'ignore', 'inherit'] })
+    : spawn(process.execPath, args, { env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'ignore', 'inherit'] })
+  if (pinned) spawnSync('taskset', ['-a', '-p', '-c', '1', String(process.pid)], { stdio: 'ignore' })
+  const deadline = Date.now() + 15000
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error('example server exited during start')
+    if ((await get(port, '/health', false, 300)).status === 200) return
+    await sleep(50)
+  }
+  throw new Error('example server did not start within 15 s')
+}
+
+/** Ramp (×1.15 every 0.25 s) until latency grows or 503s appear; the last clean step is the capacity. */
+async function measureCapacity (port: number): Promise<number> {
+  await runOpenLoop({ port, phases: [{ seconds: 0.5, rate: 60 }], routes: '/work', drainMs: 1000 })
+  const rates: number[] = []
+  for (let r = 80; r < 5000; r *= 1.15) rates.push(Math.round(r))
+  const ctl = new AbortController()
+  const res = await runOpenLoop({
+    port,
+    phases: rates.map(rate => ({ seconds: 0.25, rate })),
+    routes: '/work',
+    drainMs: 2000,
+    signal: ctl.signal,
+    onComplete: (_i, outcome, lat) => { if (outcome !== Outcome.ok || lat > 300) ctl.abort() }
+  })
+  const base = windowStats(res.records, 0, 0.75, SLO_MS).okP50 ?? 25
+  let capacity = rates[0] as number
+  let t = 0
+  let bad = 0
+  for (const rate of rates) {
+    const w = windowStats(res.records, t, t + 0.25, SLO_MS)
+    t += 0.25
+    if (w.offered === 0) break
+    const p90 = p90Of(res, t - 0.25, t)
+    if (w.ok < w.offered || p90 === null || p90 > base + 25) {
+      if (++bad >= 2) break
+      continue
+    }
+    bad = 0
+    capacity = rate
+  }
+  return capacity
+}
+
+function p90Of (res: OpenLoopResult, fromS: number, toS: number): number | null {
+  const lat: number[] = []
+  const r = res.records
+  for (let i = 0; i < r.count; i++) {
+    const s = (r.sched[i] as number) / 1000
+    if (s >= fromS && s < toS && r.outcome[i] === Outcome.ok) lat.push(r.latency[i] as number)
+  }
+  lat.sort((a, b) => a - b)
+  return percentile(lat, 90)
+}
+
+interface Scrape { limit: number, inflight: number, elu: number, saturation: number, shedding: number }
+
+function parseMetrics (text: string): Scrape {
+  const value = (name: string): number => {
+    const m = new RegExp(`^fastify_admission_${name} ([0-9.eE+-]+|NaN)$`, 'm').exec(text)
+    return m === null ? Number.NaN : Number(m[1])
+  }
+  return {
+    limit: value('concurrency_limit'),
+    inflight: value('inflight_requests'),
+    elu: value('event_loop_utilization_ratio'),
+    saturation: value('saturation_ratio'),
+    shedding: value('shedding')
+  }
+}
+
+interface SecondRow { ok: number, rejected: number, failed: number, okLat: number[], rejLat: number[] }
+
+async function main (): Promise<void> {
+  const port = await freePort()
+  console.log(`starting example/server.ts on 127.0.0.1:${port}${hasTaskset() ? ' (server pinned to CPU 0, load generator to CPU 1)' : ''}…`)
+  await startServer(port)
+
+  process.stdout.write('measuring capacity (ramp until latency grows)… ')
+  const capacity = await measureCapacity(port)
+  console.log(`≈ ${capacity} requests/s`)
+  await sleep(1500) // let the plugin's windows forget the ramp
+
+  const phases: Array<Phase & { label: string }> = [
+    { seconds: 8, rate: Math.round(capacity * 0.5), label: '0.5x' },
+    { seconds: 12, rate: Math.round(capacity * 3), label: '3x' },
+    { seconds: 10, rate: Math.round(capacity * 0.5), label: '0.5x' }
+  ]
+  const total = phases.reduce((a, p) => a + p.seconds, 0)
+  const sched = scheduleOf(phases)
+  const rows: SecondRow[] = Array.from({ length: total + 12 }, () => ({ ok: 0, rejected: 0, failed: 0, okLat: [], rejLat: [] }))
+  const offered: number[] = Array.from({ length: total }, () => 0)
+  for (const s of sched) offered[Math.floor(s / 1000)]! += 1
+
+  // scrape /metrics on its own keep-alive connection
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+  let last: Scrape = { limit: Number.NaN, inflight: Number.NaN, elu: Number.NaN, saturation: Number.NaN, shedding: 0 }
+  const scraping = { on: true }
+  const scraper = (async () => {
+    while (scraping.on) {
+      const r = await get(port, '/metrics', agent, 1000)
+      if (r.status === 200) last = parseMetrics(r.body)
+      await sleep(250)
+    }
+  })()
+
+  console.log(`\nopen-loop burst: ${phases.map(p => `${p.label} (${p.rate}/s) for ${p.seconds} s`).join(' → ')}; SLO ${SLO_MS} ms\n`)
+  const header = ' sec  load  offered/s  2xx/s  503/s  failed/s  limit  in-flight   ELU  saturation  2xx p99'
+  console.log(header)
+  console.log('-'.repeat(header.length))
+  const phaseOf = (sec: number): string => {
+    let acc = 0
+    for (const p of phases) {
+      acc += p.seconds
+      if (sec < acc) return p.label
+    }
+    return 'drain'
+  }
+  const fmt = (x: number, d = 0): string => Number.isFinite(x) ? x.toFixed(d) : '–'
+  let printed = 0
+  const printRow = (sec: number): void => {
+    const r = rows[sec]
+    if (r === undefined) return
+    r.okLat.sort((a, b) => a - b)
+    const p99 = percentile(r.okLat, 99)
+    console.log([
+      String(sec + 1).padStart(4),
+      phaseOf(sec).padStart(5),
+      String(offered[sec] ?? 0).padStart(10),
+      String(r.ok).padStart(6),
+      String(r.rejected).padStart(6),
+      String(r.failed).padStart(9),
+      fmt(last.limit).padStart(6),
+      fmt(last.inflight).padStart(10),
+      fmt(last.elu, 2).padStart(5),
+      fmt(last.saturation, 2).padStart(11),
+      (p99 === null ? '–' : `${p99.toFixed(0)} ms`).padStart(8)
+    ].join(' '))
+  }
+  const started = Date.now()
+  const ticker = setInterval(() => {
+    const now = Math.floor((Date.now() - started) / 1000)
+    while (printed < now && printed < total) printRow(printed++)
+  }, 100)
+
+  const result = await runOpenLoop({
+    port,
+    phases,
+    routes: '/work',
+    timeoutMs: 10000,
+    drainMs: 3000,
+    onComplete: (i, outcome, lat) => {
+      const sec = Math.floor(((sched[i] as number) + lat) / 1000)
+      const r = rows[Math.min(sec, rows.length - 1)] as SecondRow
+      if (outcome === Outcome.ok) { r.ok++; r.okLat.push(lat) } else if (outcome === Outcome.rejected) { r.rejected++; r.rejLat.push(lat) } else r.failed++
+    }
+  })
+  clearInterval(ticker)
+  while (printed < total) printRow(printed++)
+  scraping.on = false
+  await scraper
+  agent.destroy()
+
+  // summary by scheduled time
+  console.log('\nsummary (requests attributed to their scheduled send time; goodput = 2xx within 1 s):')
+  let t = 0
+  const names = ['before (0.5x)', 'during (3x)', 'after (0.5x)']
+  for (const [k, p] of phases.entries()) {
+    const w = windowStats(result.records, t, t + p.seconds, SLO_MS)
+    t += p.seconds
+    console.log(`  ${(names[k] ?? p.label).padEnd(14)} offered ${String(Math.round(w.offeredPerSec)).padStart(5)}/s  goodput ${String(Math.round(w.goodPerSec)).padStart(4)}/s (${Math.round((100 * w.goodPerSec) / capacity)} % of capacity)  ` +
+      `503 ${String(w.rejected).padStart(5)}  failed ${w.errors + w.timeouts + w.unfinished + w.other}  2xx p99 ${w.okP99 === null ? '–' : `${w.okP99.toFixed(0)} ms`}`)
+  }
+  const all = windowStats(result.records, 0, total, SLO_MS)
+  if (all.rejected > 0) {
+    console.log(`  503s: ${all.rejected} answered in p50 ${all.rejP50?.toFixed(1)} ms / p99 ${all.rejP99?.toFixed(1)} ms — clients learn "retry later" immediately instead of timing out`)
+  }
+  console.log(`  load generator: send lag p99 ${result.lag.p99?.toFixed(1)} ms${result.behind ? ' (fell behind: figures are pessimistic)' : ''}`)
+  killChild()
+}
+
+main().catch((err: unknown) => {
+  killChild()
+  console.error(err)
+  process.exit(1)
+})
