@@ -52,7 +52,7 @@ async function main (): Promise<void> {
     timeoutMs,
     // full: wait the whole client timeout; quick: wait a bit more than the SLO (goodput stays exact,
     // latencies beyond it are cut and counted as "unfinished")
-    drainMs: quick ? 1200 : timeoutMs,
+    drainMs: quick ? 1050 : timeoutMs,
     log: (line) => console.log(line)
   }
   const log = cfg.log
@@ -91,7 +91,7 @@ async function main (): Promise<void> {
     }
   }
   if (only.has('step')) {
-    const secs: [number, number, number] = quick ? [2.5, 4, 3.5] : [5, 5, 5]
+    const secs: [number, number, number] = quick ? [2, 3, 3] : [5, 5, 5]
     log(`step: 0.5x ${secs[0]} s → 3x ${secs[1]} s → 0.5x ${secs[2]} s  [${elapsed(t0)}]`)
     results.step = { seconds: secs, results: await runStep(cfg, C, choose(quick ? ['admission'] : everyone), secs) }
   }
@@ -100,8 +100,9 @@ async function main (): Promise<void> {
     results.slow = { route: '/work?cpu=1&io=300', results: await runSlowDownstream(cfg, C, choose(quick ? ['admission'] : everyone), quick ? 4 : 8) }
   }
   if (only.has('stall')) {
+    // quick: one stall (≈ 2.4 s into a 4 s run); full: three
     log(`stall: 200 ms synchronous stall every 3 s, /work at 0.7x  [${elapsed(t0)}]`)
-    results.stall = { everyMs: 3000, stallMs: 200, results: await runStall(cfg, C, choose(quick ? ['admission'] : everyone), quick ? 6.5 : 10, 3000, 200) }
+    results.stall = { everyMs: 3000, stallMs: 200, results: await runStall(cfg, C, choose(quick ? ['admission'] : everyone), quick ? 4 : 10, 3000, 200) }
   }
   if (only.has('bimodal')) {
     const mult = 3
@@ -114,7 +115,7 @@ async function main (): Promise<void> {
   }
   if (only.has('hello')) {
     log(`hello-world overhead: closed loop, alternating rounds  [${elapsed(t0)}]`)
-    results.hello = await runHello(cfg, choose(['bare', 'admission']), quick ? 2 : 3, quick ? 1 : 3)
+    results.hello = await runHello(cfg, choose(['bare', 'admission']), quick ? 3 : 5, quick ? 1 : 2)
   }
 
   results.elapsedSeconds = Math.round((performance.now() - t0) / 100) / 10

@@ -201,7 +201,7 @@ export async function measureCapacity (cfg: BenchConfig): Promise<CapacityResult
       estimate = (steps[k] as { rate: number }).rate
     }
     // refine around the estimate with short probes
-    const probeSeconds = cfg.quick ? 2 : 3
+    const probeSeconds = cfg.quick ? 1.5 : 3
     const maxProbes = cfg.quick ? 1 : 3
     const p99Limit = Math.max(100, 3 * baseP99)
     let lo = estimate / 1.15
@@ -280,7 +280,7 @@ export async function runSweep (cfg: BenchConfig, capacity: number, contenders: 
       const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
         phases: [{ seconds, rate }],
         routes: '/work',
-        warmup: { seconds: cfg.quick ? 0.4 : 1, rate: Math.round(capacity * 0.3) },
+        warmup: { seconds: cfg.quick ? 0.3 : 1, rate: Math.round(capacity * 0.3) },
         drainMs: cfg.drainMs,
         timeoutMs: cfg.timeoutMs
       }))
@@ -341,7 +341,7 @@ export async function runStep (cfg: BenchConfig, capacity: number, contenders: C
     const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
       phases,
       routes: '/work',
-      warmup: { seconds: cfg.quick ? 0.4 : 1, rate: Math.round(capacity * 0.3) },
+      warmup: { seconds: cfg.quick ? 0.3 : 1, rate: Math.round(capacity * 0.3) },
       drainMs: cfg.drainMs,
       timeoutMs: cfg.timeoutMs
     }))
@@ -450,7 +450,7 @@ export async function runStall (cfg: BenchConfig, capacity: number, contenders: 
     const m = await withServer({ contender: c, stallEveryMs: everyMs, stallMs }, async (srv) => await measure(srv, {
       phases: [{ seconds, rate }],
       routes: '/work',
-      warmup: { seconds: cfg.quick ? 0.4 : 1, rate: Math.round(capacity * 0.3) },
+      warmup: { seconds: cfg.quick ? 0.3 : 1, rate: Math.round(capacity * 0.3) },
       drainMs: cfg.drainMs,
       timeoutMs: cfg.timeoutMs
     }))
@@ -495,7 +495,7 @@ export async function runBimodal (cfg: BenchConfig, capacity: number, contenders
     const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
       phases: [{ seconds, rate }],
       routes: bimodalRoutes,
-      warmup: { seconds: cfg.quick ? 0.4 : 1, rate: Math.round(capacity * 0.3) },
+      warmup: { seconds: cfg.quick ? 0.3 : 1, rate: Math.round(capacity * 0.3) },
       drainMs: cfg.drainMs,
       timeoutMs: cfg.timeoutMs
     }))
@@ -531,7 +531,12 @@ export interface HelloResult {
   roundSeconds: number
   rounds: Array<Record<string, number>>
   mean: Record<string, number>
+  /** admission / bare within each round (adjacent in time) */
+  roundRatios: number[]
+  /** median of the per-round ratios (robust to a noisy round); the target is checked on it */
   ratio: number
+  /** ratio of the means */
+  meanRatio: number
   note?: string
 }
 
@@ -563,14 +568,20 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
     const mean: Record<string, number> = {}
     for (const c of contenders) mean[c] = Math.round(res.reduce((a, r) => a + (r[c] ?? 0), 0) / res.length)
     const base = mean.bare ?? 0
-    const ratio = base > 0 ? (mean.admission ?? 0) / base : 0
+    const meanRatio = base > 0 ? (mean.admission ?? 0) / base : 0
+    const roundRatios = res.map(r => (r.bare ?? 0) > 0 ? (r.admission ?? 0) / (r.bare as number) : 0)
+    const sorted = [...roundRatios].sort((a, b) => a - b)
+    const mid = sorted.length >> 1
+    const median = sorted.length === 0 ? 0 : sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
     return {
       tool,
       connections,
       roundSeconds,
       rounds: res,
       mean,
-      ratio: round(ratio, 3) ?? 0,
+      roundRatios: roundRatios.map(x => round(x, 3) ?? 0),
+      ratio: round(median, 3) ?? 0,
+      meanRatio: round(meanRatio, 3) ?? 0,
       ...(useWrk ? {} : { note: 'closed-loop client may be the bottleneck: the ratio is then biased towards 1' })
     }
   } finally {
