@@ -163,7 +163,7 @@ function stepCharts (c: string, s: StepResult, C: number): string {
       { name: '503', color: '#d9730d', points: s.buckets.map(b => [b.t, perSec(b.rejected)]) },
       { name: 'late 2xx / failed', color: '#c0392b', dash: '3 2', points: s.buckets.map(b => [b.t, perSec(b.ok - b.good + b.failed)]) }
     ],
-    refs: [{ y: C, label: `capacity ${C}/s`, color: '#555' }, { y: 0.9 * C, label: 'target 90 %', color: '#1b7f3b' }]
+    refs: [{ y: C, label: `capacity ${C}/s`, color: '#555' }, { y: 0.9 * C, label: 'target: 90 % of capacity', color: '#1b7f3b', below: true }]
   })
   const hasLimit = s.series.some(p => typeof p.limit === 'number')
   const conc = lineChart({
@@ -174,7 +174,8 @@ function stepCharts (c: string, s: StepResult, C: number): string {
     xMax,
     bands,
     series: [
-      { name: 'in-flight (server)', color: '#2c7fb8', points: s.series.map(p => [p.t, p.inflight]) },
+      { name: 'in-flight, max per 100 ms', color: '#2c7fb8', points: s.series.map(p => [p.t, p.inflightMax ?? p.inflight]) },
+      { name: 'in-flight, sampled', color: '#9ecae1', width: 1, points: s.series.map(p => [p.t, p.inflight]) },
       ...(hasLimit ? [{ name: 'limit', color: '#1b7f3b', dash: '5 3', points: s.series.map(p => [p.t, p.limit ?? null] as [number, number | null]) }] : [])
     ]
   })

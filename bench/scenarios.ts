@@ -70,7 +70,7 @@ export function serverInfo (m: Measured, fromS = 0, toS = Infinity): ServerInfo 
   const n = Math.max(1, pts.length)
   const limits = pts.map(p => p.limit).filter((x): x is number => typeof x === 'number')
   const info: ServerInfo = {
-    maxInflight: pts.reduce((a, p) => Math.max(a, p.inflight), 0),
+    maxInflight: pts.reduce((a, p) => Math.max(a, p.inflightMax ?? p.inflight), 0),
     meanInflight: round(pts.reduce((a, p) => a + p.inflight, 0) / n, 1) ?? 0,
     meanElu: round(pts.reduce((a, p) => a + p.elu, 0) / n, 3) ?? 0,
     maxDelayP99: pts.reduce((a, p) => Math.max(a, p.delayP99), 0),

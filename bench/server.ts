@@ -36,6 +36,8 @@ export interface SeriesPoint {
   t: number
   /** requests received by Node's HTTP server and not yet answered (same probe for every contender) */
   inflight: number
+  /** highest in-flight seen during the interval */
+  inflightMax?: number
   /** event-loop utilization over the last interval, 0..1 */
   elu: number
   /** event-loop delay over the last interval, ms */
@@ -138,9 +140,10 @@ function readSnapshot (app: FastifyInstance): AdmissionSnapshot | undefined {
 /** Starts the 100 ms time series; returns a stop function. */
 export function startSeries (app: FastifyInstance, write: (line: string) => void, intervalMs = 100): () => void {
   let inflight = 0
+  let peak = 0
   function seriesRelease (): void { inflight-- }
   app.server.on('request', function seriesCount (_req, res) {
-    inflight++
+    if (++inflight > peak) peak = inflight
     res.once('close', seriesRelease)
   })
   const hist = monitorEventLoopDelay({ resolution: 5 })
@@ -153,11 +156,13 @@ export function startSeries (app: FastifyInstance, write: (line: string) => void
     const point: SeriesPoint = {
       t: Math.round((performance.timeOrigin + performance.now()) * 10) / 10,
       inflight,
+      inflightMax: peak,
       elu: Math.round(elu * 1000) / 1000,
       delayP99: hist.count > 0 ? Math.round(hist.percentile(99) / 1e4) / 100 : 0,
       delayMax: hist.count > 0 ? Math.round(hist.max / 1e4) / 100 : 0
     }
     hist.reset()
+    peak = inflight
     const snap = readSnapshot(app)
     if (snap !== undefined) {
       point.limit = snap.limit

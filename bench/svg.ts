@@ -19,6 +19,8 @@ export interface RefLine {
   x?: number
   label: string
   color?: string
+  /** put the label under the line (to keep two close lines readable) */
+  below?: boolean
 }
 
 export interface Band { x0: number, x1: number, label?: string, color?: string }
@@ -115,7 +117,8 @@ export function lineChart (c: ChartSpec): string {
   for (const t of c.targets ?? []) ysL.push(t.y)
   const xMin = c.xMin ?? (xs.length > 0 ? Math.min(...xs) : 0)
   const xMax = c.xMax ?? (xs.length > 0 ? Math.max(...xs) : 1)
-  let yMin = c.yMin ?? (c.yLog === true ? Math.max(1e-3, Math.min(...ysL.filter(y => y > 0), 1)) : 0)
+  let yMin = c.yMin ?? (c.yLog === true ? Math.max(1e-3, Math.min(...ysL.filter(y => y > 0))) : 0)
+  if (!Number.isFinite(yMin)) yMin = c.yLog === true ? 1 : 0
   let yMax = c.yMax ?? (ysL.length > 0 ? Math.max(...ysL) * 1.08 : 1)
   if (!(yMax > yMin)) yMax = yMin + 1
   if (c.yLog === true) {
@@ -178,7 +181,7 @@ export function lineChart (c: ChartSpec): string {
     if (r.y !== undefined) {
       const y = syL(r.y)
       parts.push(`<line x1="${m.l}" x2="${m.l + pw}" y1="${y.toFixed(1)}" y2="${y.toFixed(1)}" stroke="${color}" stroke-dasharray="5 4" stroke-width="1.2"/>`)
-      parts.push(`<text x="${m.l + pw - 4}" y="${(y - 4).toFixed(1)}" text-anchor="end" fill="${color}" font-size="10">${esc(r.label)}</text>`)
+      parts.push(`<text x="${m.l + pw - 4}" y="${(r.below === true ? y + 12 : y - 4).toFixed(1)}" text-anchor="end" fill="${color}" font-size="10">${esc(r.label)}</text>`)
     }
     if (r.x !== undefined) {
       const x = sx(r.x)
@@ -211,7 +214,8 @@ export function lineChart (c: ChartSpec): string {
     const x = sx(t.x)
     const y = syL(t.y)
     parts.push(`<path d="M${x.toFixed(1)} ${(y - 6).toFixed(1)}L${(x + 6).toFixed(1)} ${y.toFixed(1)}L${x.toFixed(1)} ${(y + 6).toFixed(1)}L${(x - 6).toFixed(1)} ${y.toFixed(1)}Z" fill="none" stroke="#000" stroke-width="1.3"><title>${esc(t.label)}</title></path>`)
-    parts.push(`<text x="${(x + 8).toFixed(1)}" y="${(y + 12).toFixed(1)}" font-size="10" fill="#000">${esc(t.label)}</text>`)
+    const leftSide = x > m.l + pw - 60
+    parts.push(`<text x="${(leftSide ? x - 8 : x + 8).toFixed(1)}" y="${(y + 14).toFixed(1)}" font-size="10" fill="#000"${leftSide ? ' text-anchor="end"' : ''}>${esc(t.label)}</text>`)
   }
   // legend
   const ly = H - legendH + 6
