@@ -16,7 +16,7 @@ function table (head: string[], rows: string[][], cls = ''): string {
 
 function targetsSection (targets: TargetCheck[]): string {
   const contenders = ['admission', 'under-pressure', 'static-cap', 'bare'].filter(c => targets.some(t => t.byContender[c] !== undefined))
-  const rows = targets.map((t) => [
+  const rows = targets.filter(t => Object.keys(t.byContender).length > 0).map((t) => [
     `<b>${esc(t.label)}</b>`,
     esc(t.target),
     ...contenders.map((c) => {

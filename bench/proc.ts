@@ -255,3 +255,34 @@ export function interference (a: CpuSnapshot | undefined, b: CpuSnapshot | undef
     steal: r((d(0, 1) + d(1, 1)) / (2 * wall))
   }
 }
+
+/** Busy share of CPU 0 and CPU 1 not used by this process, over `windowMs` (no server running). */
+export async function foreignLoad (windowMs: number): Promise<[number, number] | undefined> {
+  const a = cpuSnapshot(undefined)
+  await new Promise(resolve => setTimeout(resolve, windowMs))
+  const b = cpuSnapshot(undefined)
+  if (a === undefined || b === undefined) return undefined
+  const i = interference(a, b)
+  return i === undefined ? undefined : [i.cpu0Foreign, i.cpu1Foreign]
+}
+
+let quietBudgetMs = 0
+/** Allow up to `totalMs` of waiting for other processes to leave our CPUs, over the whole run. */
+export function setQuietBudget (totalMs: number): void { quietBudgetMs = totalMs }
+
+/**
+ * Before a measurement: if other processes keep CPU 0 or 1 busy (> 10 %), wait for them to go
+ * quiet, at most `maxMs` and within the run's remaining budget. Returns the ms waited.
+ */
+export async function waitQuiet (maxMs: number): Promise<number> {
+  if (quietBudgetMs <= 0) return 0
+  const start = performance.now()
+  const limit = Math.min(maxMs, quietBudgetMs)
+  while (performance.now() - start < limit) {
+    const f = await foreignLoad(300)
+    if (f === undefined || (f[0] < 0.1 && f[1] < 0.1)) break
+  }
+  const waited = performance.now() - start
+  quietBudgetMs -= waited
+  return waited
+}

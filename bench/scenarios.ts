@@ -2,7 +2,7 @@
 // contender, warms it up, drives open-loop load, kills it, and returns plain data.
 import { performance } from 'node:perf_hooks'
 import { runClosedLoop, runOpenLoop, type OpenLoopResult, type Phase, type Route } from './open-loop.js'
-import { commandExists, cpuSnapshot, interference, runCommand, startServer, type Interference, type ServerHandle, type StartOptions } from './proc.js'
+import { commandExists, cpuSnapshot, interference, runCommand, startServer, waitQuiet, type Interference, type ServerHandle, type StartOptions } from './proc.js'
 import type { Contender, SeriesPoint } from './server.js'
 import { Outcome, bucketStats, windowStats, type WindowStats } from './stats.js'
 
@@ -141,6 +141,7 @@ async function sleepMs (ms: number): Promise<void> {
 
 /** Start a fresh server, measure, and always kill it. */
 export async function withServer<T> (opts: StartOptions, fn: (srv: ServerHandle) => Promise<T>): Promise<T> {
+  await waitQuiet(5000)
   const srv = await startServer(opts)
   try {
     return await fn(srv)
