@@ -103,5 +103,15 @@ t.test('two instances on one registry: the second fails at boot with prom-client
   const other = Fastify()
   t.teardown(() => other.close())
   other.register(admission, { registry })
-  await t.rejects(other.ready(), /already been registered/)
+  await t.rejects(async () => { await other.ready() }, /already been registered/)
+})
+
+t.test('a non-finite reading is exported as 0, never NaN', async t => {
+  const { app, controller, registry } = await build(t)
+  await app.ready()
+  controller.saturation = NaN
+  controller.elu = Infinity
+  const text = await registry.metrics()
+  t.ok(text.split('\n').includes('fastify_admission_saturation_ratio 0'))
+  t.ok(text.split('\n').includes('fastify_admission_event_loop_utilization_ratio 0'))
 })

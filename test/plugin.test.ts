@@ -213,3 +213,21 @@ t.test('close clears the timer and unregisters the metrics, so the plugin can re
   await second.register(admission, { registry })
   t.ok(registry.getSingleMetric('fastify_admission_concurrency_limit'))
 })
+
+t.test('release is idempotent: a second close event gives nothing back twice', async t => {
+  const { app } = await build(t)
+  const other = gate()
+  app.get('/hold', async () => { await other.wait; return 'ok' })
+  // A stray 'close' emitted after the response finished, before the real one.
+  app.get('/', { onResponse: async (_request, reply) => { reply.raw.emit('close') } }, async () => 'ok')
+  const holding = app.inject('/hold')
+  await turns(10)
+  t.equal(app.admission.inflight, 1)
+  t.equal((await app.inject('/')).statusCode, 200)
+  await turns()
+  t.equal(app.admission.inflight, 1, 'only the held permit is still out')
+  other.open()
+  await holding
+  await turns()
+  t.equal(app.admission.inflight, 0)
+})
