@@ -311,12 +311,13 @@ export interface ClosedLoopOptions {
 }
 
 /** Closed-loop throughput (each connection sends its next request when the previous answer arrives). */
-export async function runClosedLoop (opts: ClosedLoopOptions): Promise<{ requests: number, perSec: number, errors: number }> {
+export async function runClosedLoop (opts: ClosedLoopOptions): Promise<{ requests: number, perSec: number, ok: number, okPerSec: number, errors: number }> {
   const host = opts.host ?? '127.0.0.1'
   assertLoopback(host)
   const pool = new ConnPool(host, opts.port)
   const req = pool.encode(opts.path ?? '/hello')
   let requests = 0
+  let ok = 0
   let errors = 0
   let running = true
   const t0 = performance.now()
@@ -336,6 +337,7 @@ export async function runClosedLoop (opts: ClosedLoopOptions): Promise<{ request
         return
       }
       requests++
+      if (status >= 200 && status < 300) ok++
       loop()
     }
     for (let c = 0; c < opts.connections; c++) loop()
@@ -343,5 +345,5 @@ export async function runClosedLoop (opts: ClosedLoopOptions): Promise<{ request
   })
   const elapsed = (performance.now() - t0) / 1000
   pool.close()
-  return { requests, perSec: requests / elapsed, errors }
+  return { requests, perSec: requests / elapsed, ok, okPerSec: ok / elapsed, errors }
 }

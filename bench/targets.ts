@@ -98,7 +98,7 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
       id: 'hello-ratio',
       label: 'hello-world req/s vs bare',
       target: '≥ 0.98',
-      byContender: { admission: { value: `${r.hello.ratio.toFixed(3)} (median of ${r.hello.roundRatios.length} paired rounds; means ${r.hello.mean.admission} vs ${r.hello.mean.bare ?? 0}/s)`, pass: r.hello.ratio >= 0.98 } }
+      byContender: { admission: { value: `${r.hello.ratio.toFixed(3)} (median of ${r.hello.roundRatios.length} paired rounds; means ${r.hello.mean.admission} vs ${r.hello.mean.bare ?? 0}/s; CPU/req ${r.hello.cpuPerRequestUs.admission ?? '–'} vs ${r.hello.cpuPerRequestUs.bare ?? '–'} µs)`, pass: r.hello.ratio >= 0.98 } }
     })
   }
   return out
