@@ -299,7 +299,7 @@ export function renderHtml (r: BenchResults, targets: TargetCheck[]): string {
   const capRamp = lineChart({
     title: 'Capacity search: ramp on bare Fastify',
     xLabel: 'offered rate (req/s)',
-    yLabel: '2xx p90 latency per 0.25 s step',
+    yLabel: '2xx p90 latency per ramp step',
     width: 460,
     height: 260,
     yTickFormat: msAxis,
@@ -317,7 +317,7 @@ th{background:#f6f6f6}table.num td{white-space:nowrap}.pass{color:#fff;backgroun
 .fail{color:#fff;background:#c0392b;padding:0 4px;border-radius:3px;font-weight:600}.na{color:#999}code{background:#f4f4f4;padding:0 3px}
 </style></head><body>
 <h1>fastify-admission benchmark</h1>
-<p class="meta">${esc(r.date)} · ${r.mode} run · ${r.elapsedSeconds} s · ${r.machine.cpus} × ${esc(r.machine.model)} · Node ${esc(r.machine.node)} · ${esc(r.machine.platform)} ·
+<p class="meta">${esc(r.date)} · ${r.mode} run · ${r.elapsedSeconds} s · lib/ at ${esc(r.lib)} · ${r.machine.cpus} × ${esc(r.machine.model)} · Node ${esc(r.machine.node)} · ${esc(r.machine.platform)} ·
 ${r.machine.pinned ? 'server pinned to CPU 0, load generator to CPU 1' : 'not pinned'} · SLO ${r.sloMs} ms · client timeout ${r.timeoutMs / 1000} s${r.drainMs < r.timeoutMs ? ` · answers awaited ${r.drainMs / 1000} s after the last send (quick mode: later ones count as unfinished)` : ''}</p>
 <p><b>Contenders</b> (each in its own fresh process, one core): <span style="color:${colorOf('bare')}">bare</span> Fastify;
 <span style="color:${colorOf('under-pressure')}">under-pressure</span> = @fastify/under-pressure with interval ELU &gt; 0.98, loop delay &gt; 200 ms, 100 ms sampling;

@@ -3,7 +3,7 @@
 // the runner (normal exit, error, SIGINT/SIGTERM; a SIGKILLed runner closes the
 // children's stdin pipe and they exit on their own).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmSync } from 'node:fs'
 import http from 'node:http'
 import { performance } from 'node:perf_hooks'
 import { createInterface } from 'node:readline'
@@ -13,6 +13,38 @@ import type { Contender, SeriesPoint } from './server.js'
 
 const serverScript = fileURLToPath(new URL('./server.ts', import.meta.url))
 const tsxImport = import.meta.resolve('tsx')
+let serverBundle: string | undefined
+
+/**
+ * Bundles bench/server.ts with lib/ into one ESM file (dependencies stay external) with esbuild,
+ * which tsx already brings along. Servers then start ~0.25 s faster than through tsx, and every
+ * server of the run uses the same snapshot of lib/, even if it is edited meanwhile.
+ * Falls back to running the TypeScript through tsx when esbuild is not available.
+ */
+export async function prepareServerBundle (): Promise<string | undefined> {
+  try {
+    const esbuild = await import('esbuild')
+    const dir = fileURLToPath(new URL('./results/tmp/', import.meta.url))
+    mkdirSync(dir, { recursive: true })
+    const out = `${dir}server-${process.pid}.mjs`
+    await esbuild.build({
+      entryPoints: [serverScript],
+      bundle: true,
+      platform: 'node',
+      format: 'esm',
+      target: 'node20',
+      packages: 'external',
+      outfile: out,
+      logLevel: 'silent'
+    })
+    serverBundle = out
+    process.on('exit', () => { try { rmSync(out) } catch {} })
+    return out
+  } catch {
+    serverBundle = undefined
+    return undefined
+  }
+}
 
 let tasksetChecked: boolean | undefined
 export function hasTaskset (): boolean {
@@ -120,7 +152,7 @@ export async function startServer (opts: StartOptions): Promise<ServerHandle> {
 
 async function startOn (port: number, opts: StartOptions): Promise<ServerHandle> {
   const args = [
-    '--import', tsxImport, serverScript,
+    ...(serverBundle !== undefined ? [serverBundle] : ['--import', tsxImport, serverScript]),
     '--contender', opts.contender,
     '--port', String(port),
     '--series', opts.series === false ? 'off' : '-',

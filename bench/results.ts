@@ -4,6 +4,8 @@ import type { CapacityResult, HelloResult, LoadResult, StepResult, SweepPoint } 
 export interface BenchResults {
   date: string
   mode: 'full' | 'quick'
+  /** git commit of lib/ at the start of the run */
+  lib: string
   machine: { cpus: number, model: string, node: string, platform: string, pinned: boolean, wrk: boolean }
   sloMs: number
   timeoutMs: number

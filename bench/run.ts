@@ -5,13 +5,14 @@
 // The runner (and its load generator) pins itself to CPU 1; every server under
 // test runs alone on CPU 0. Results: bench/results/<date>[-quick].json|html and
 // bench/results/latest.json|html.
+import { spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { renderHtml } from './html.js'
-import { commandExists, foreignLoad, hasTaskset, installExitHandlers, killAllChildren, pinSelf, setQuietBudget } from './proc.js'
+import { commandExists, foreignLoad, hasTaskset, installExitHandlers, killAllChildren, pinSelf, prepareServerBundle, setQuietBudget } from './proc.js'
 import type { BenchResults } from './results.js'
 import {
   bimodalRoutes, measureCapacity, ms, pct100, runBimodal, runHello, runSlowDownstream, runStall, runStep, runSweep,
@@ -67,6 +68,9 @@ async function main (): Promise<void> {
   const main3: Contender[] = ['admission', 'under-pressure', 'bare']
 
   log(`fastify-admission benchmark (${quick ? 'quick' : 'full'}), ${cpus} CPUs, ${pinned ? 'server on CPU 0, generator on CPU 1' : 'unpinned'}`)
+  const bundle = await prepareServerBundle()
+  const lib = gitState()
+  log(`servers: ${bundle !== undefined ? 'bench/server.ts + lib/ bundled once with esbuild' : 'bench/server.ts through tsx'}; lib/ at ${lib}`)
   const busy = await foreignLoad(500)
   if (busy !== undefined && (busy[0] > 0.1 || busy[1] > 0.1)) {
     const msg = `other processes are using the benchmark CPUs (CPU0 ${pct100(busy[0])}, CPU1 ${pct100(busy[1])}): expect noisy figures`
@@ -81,6 +85,7 @@ async function main (): Promise<void> {
   const results: BenchResults = {
     date: isoDate(),
     mode: quick ? 'quick' : 'full',
+    lib,
     machine: { cpus, model: os.cpus()[0]?.model ?? 'unknown', node: process.version, platform: `${os.platform()} ${os.release()}`, pinned, wrk: commandExists('wrk') },
     sloMs: cfg.sloMs,
     timeoutMs,
@@ -99,24 +104,25 @@ async function main (): Promise<void> {
     results.sweep = {
       mults,
       seconds,
-      results: await runSweep(cfg, C, cs, mults, seconds, (c, m) => quick && c === 'under-pressure' && m === 0.5)
+      // quick: the baselines only where they matter (overload); admission everywhere
+      results: await runSweep(cfg, C, cs, mults, seconds, (c, m) => quick && c !== 'admission' && m < 1)
     }
   }
   if (only.has('step')) {
-    const secs: [number, number, number] = quick ? [2, 3, 3] : [5, 5, 5]
+    const secs: [number, number, number] = quick ? [1.5, 3, 2.5] : [5, 5, 5]
     log(`step: 0.5x ${secs[0]} s → 3x ${secs[1]} s → 0.5x ${secs[2]} s  [${elapsed(t0)}]`)
     results.step = { seconds: secs, results: await runStep(cfg, C, choose(quick ? ['admission'] : everyone), secs) }
   }
   if (only.has('slow')) {
     log(`slow downstream: /work?cpu=1&io=300 at 0.7x  [${elapsed(t0)}]`)
-    results.slow = { route: '/work?cpu=1&io=300', results: await runSlowDownstream(cfg, C, choose(quick ? ['admission'] : everyone), quick ? 4 : 8) }
+    results.slow = { route: '/work?cpu=1&io=300', results: await runSlowDownstream(cfg, C, choose(quick ? ['admission'] : everyone), quick ? 3 : 8) }
   }
   if (only.has('stall')) {
     // quick: one stall (≈ 2.4 s into a 4 s run); full: three
     log(`stall: 200 ms synchronous stall every 3 s, /work at 0.7x  [${elapsed(t0)}]`)
     results.stall = { everyMs: 3000, stallMs: 200, results: await runStall(cfg, C, choose(quick ? ['admission'] : everyone), quick ? 4 : 10, 3000, 200) }
   }
-  if (only.has('bimodal')) {
+  if (only.has('bimodal') && (!quick || values.only !== undefined)) {
     const mult = 3
     log(`bimodal: 90 % cheap (0.2 ms CPU) / 10 % expensive (10 ms CPU) at ${mult}x of /work capacity  [${elapsed(t0)}]`)
     results.bimodal = {
@@ -189,6 +195,15 @@ function printSummary (r: BenchResults, targets: ReturnType<typeof checkTargets>
     log(`${status}  ${t.label} ${t.target}: ${a?.value ?? '–'}${others.length > 0 ? `   [${others}]` : ''}`)
   }
   log(`admission: ${pass}/${total} targets met`)
+}
+
+/** Commit of lib/ and whether it had uncommitted changes when the run started. */
+function gitState (): string {
+  const root = fileURLToPath(new URL('..', import.meta.url))
+  const head = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' })
+  if (head.status !== 0) return 'unknown'
+  const dirty = spawnSync('git', ['status', '--porcelain', '--', 'lib'], { cwd: root, encoding: 'utf8' })
+  return `${head.stdout.trim()}${dirty.stdout.trim().length > 0 ? ' + uncommitted changes' : ''}`
 }
 
 function isoDate (): string {

@@ -110,7 +110,7 @@ interface MeasureOptions {
 export async function measure (srv: ServerHandle, o: MeasureOptions): Promise<Measured> {
   if (o.warmup !== undefined && o.warmup.seconds > 0) {
     await runOpenLoop({ port: srv.port, phases: [o.warmup], routes: o.routes, drainMs: 1000, timeoutMs: o.timeoutMs })
-    await sleepMs(150)
+    await sleepMs(50)
   }
   srv.series.length = 0
   srv.stalls.length = 0
@@ -165,9 +165,12 @@ export interface CapacityResult {
   interference?: Interference | undefined
 }
 
+const RAMP_FACTOR = 1.1
+const RAMP_STEP_S = 0.2
+
 /**
  * The highest rate at which bare Fastify still meets the SLO on /work: a geometric ramp
- * (0.25 s steps, ×1.15) finds where latency starts to grow, then short probes refine it.
+ * (0.2 s steps, ×1.1) finds where latency starts to grow, then short probes refine it.
  * A probe passes when ≥ 99 % of requests are 2xx within the SLO and admitted p99 stays
  * ≤ max(100 ms, 3 × the ramp's unloaded p99) — i.e. no queue builds up during the probe.
  */
@@ -188,13 +191,13 @@ export async function measureCapacity (cfg: BenchConfig): Promise<CapacityResult
 async function measureCapacityOnce (cfg: BenchConfig): Promise<CapacityResult> {
   return await withServer({ contender: 'bare', series: false }, async (srv) => {
     const before = cpuSnapshot(srv.pid)
-    await runOpenLoop({ port: srv.port, phases: [{ seconds: cfg.quick ? 0.5 : 1, rate: 150 }], routes: '/work', drainMs: 1000 })
+    await runOpenLoop({ port: srv.port, phases: [{ seconds: 0.5, rate: 150 }], routes: '/work', drainMs: 1000 })
     const rates: number[] = []
-    for (let r = 120; r < 4000; r *= 1.15) rates.push(Math.round(r))
+    for (let r = 180; r < 4000; r *= RAMP_FACTOR) rates.push(Math.round(r))
     const ctl = new AbortController()
     const ramp = await runOpenLoop({
       port: srv.port,
-      phases: rates.map(rate => ({ seconds: 0.25, rate })),
+      phases: rates.map(rate => ({ seconds: RAMP_STEP_S, rate })),
       routes: '/work',
       drainMs: 3000,
       signal: ctl.signal,
@@ -203,14 +206,14 @@ async function measureCapacityOnce (cfg: BenchConfig): Promise<CapacityResult> {
     const steps: CapacityResult['ramp'] = []
     let t = 0
     for (const rate of rates) {
-      const w = windowStats(ramp.records, t, t + 0.25, cfg.sloMs)
-      t += 0.25
+      const w = windowStats(ramp.records, t, t + RAMP_STEP_S, cfg.sloMs)
+      t += RAMP_STEP_S
       if (w.offered === 0) break
-      const lat = collectOk(ramp, (t - 0.25) * 1000, t * 1000)
+      const lat = collectOk(ramp, (t - RAMP_STEP_S) * 1000, t * 1000)
       steps.push({ rate, okP90: round(pct(lat, 90)), offered: w.offered, good: w.good })
     }
-    const base = pct(collectOk(ramp, 0, 750), 50) ?? 25
-    const baseP99 = pct(collectOk(ramp, 0, 750), 99) ?? 30
+    const base = pct(collectOk(ramp, 0, 800), 50) ?? 25
+    const baseP99 = pct(collectOk(ramp, 0, 800), 99) ?? 30
     // queue onset: the first of two consecutive steps whose p90 is 25 ms above the unloaded median
     // (a single slow step is noise; a real queue only grows)
     const slow = steps.map(s => s.okP90 === null || s.okP90 > base + 25 || s.good < s.offered)
@@ -221,14 +224,13 @@ async function measureCapacityOnce (cfg: BenchConfig): Promise<CapacityResult> {
     }
     // refine around the estimate with short probes
     const probeSeconds = cfg.quick ? 1.5 : 3
-    const maxProbes = cfg.quick ? 1 : 3
+    const maxProbes = cfg.quick ? 2 : 3
     const p99Limit = Math.max(100, 3 * baseP99)
-    let lo = estimate / 1.15
-    let hi = estimate * 1.1
+    let lo = estimate / RAMP_FACTOR
+    let hi = estimate * RAMP_FACTOR
     let best: number | undefined
     const probes: CapacityResult['probes'] = []
-    // the ramp overshoots a little (a queue needs a few steps to show), so start just below it
-    let candidate = estimate / 1.05
+    let candidate = estimate
     for (let k = 0; k < maxProbes; k++) {
       const r = Math.round(candidate)
       const res = await runOpenLoop({ port: srv.port, phases: [{ seconds: probeSeconds, rate: r }], routes: '/work', drainMs: 3000 })
@@ -245,13 +247,13 @@ async function measureCapacityOnce (cfg: BenchConfig): Promise<CapacityResult> {
       })
       cfg.log(`  capacity probe ${r}/s: ${pass ? 'pass' : 'fail'} (good ${(goodShare * 100).toFixed(1)} %, p99 ${w.okP99?.toFixed(1)} ms)`)
       if (pass) { best = Math.max(best ?? 0, r); lo = r } else { hi = r }
-      candidate = (lo + hi) / 2
-      await sleepMs(300)
+      candidate = Math.sqrt(lo * hi)
+      await sleepMs(100)
     }
     const rps = Math.round(best ?? lo)
     return {
       rps,
-      method: `ramp ×1.15 per 0.25 s to queue onset, then ${maxProbes} probe(s) of ${probeSeconds} s: ≥ 99 % 2xx within ${cfg.sloMs} ms and p99 ≤ ${p99Limit.toFixed(0)} ms`,
+      method: `ramp ×${RAMP_FACTOR} per ${RAMP_STEP_S} s to queue onset, then ${maxProbes} probe(s) of ${probeSeconds} s: ≥ 99 % 2xx within ${cfg.sloMs} ms and p99 ≤ ${p99Limit.toFixed(0)} ms`,
       ramp: steps,
       estimate,
       probes,
@@ -286,6 +288,8 @@ export interface SweepPoint {
   rate: number
   seconds: number
   stats: WindowStats
+  /** per second of scheduled time: good, 503, other failures, 2xx p99 and 503 p99 (ms) */
+  perSecond: Array<{ t: number, good: number, rejected: number, failed: number, okP99: number | null, rejP99: number | null }>
   gen: GenInfo
   server: ServerInfo
 }
@@ -300,12 +304,20 @@ export async function runSweep (cfg: BenchConfig, capacity: number, contenders: 
       const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
         phases: [{ seconds, rate }],
         routes: '/work',
-        warmup: { seconds: cfg.quick ? 0.3 : 1, rate: Math.round(capacity * 0.3) },
+        warmup: { seconds: 1, rate: Math.round(capacity * 0.3) },
         drainMs: cfg.drainMs,
         timeoutMs: cfg.timeoutMs
       }))
       const stats = roundStats(windowStats(m.gen.records, 0, seconds, cfg.sloMs))
-      points.push({ mult, rate, seconds, stats, gen: genInfo(m.gen, m.interference), server: serverInfo(m, 0, seconds) })
+      const perSecond = bucketStats(m.gen.records, seconds, 1000, cfg.sloMs).map(w => ({
+        t: w.from,
+        good: w.good,
+        rejected: w.rejected,
+        failed: w.offered - w.good - w.rejected,
+        okP99: round(w.okP99, 1),
+        rejP99: round(w.rejP99, 1)
+      }))
+      points.push({ mult, rate, seconds, stats, perSecond, gen: genInfo(m.gen, m.interference), server: serverInfo(m, 0, seconds) })
       cfg.log(`  sweep ${c.padEnd(14)} ${String(mult).padStart(4)}x ${String(rate).padStart(5)}/s  goodput ${pct100(stats.goodPerSec / capacity)}  2xx p99 ${ms(stats.okP99)}  503 ${stats.rejected} (p99 ${ms(stats.rejP99)})  timeouts ${stats.timeouts}${flags(m)}`)
     }
     out[c] = points
@@ -361,7 +373,7 @@ export async function runStep (cfg: BenchConfig, capacity: number, contenders: C
     const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
       phases,
       routes: '/work',
-      warmup: { seconds: cfg.quick ? 0.3 : 1, rate: Math.round(capacity * 0.3) },
+      warmup: { seconds: 1, rate: Math.round(capacity * 0.3) },
       drainMs: cfg.drainMs,
       timeoutMs: cfg.timeoutMs
     }))
@@ -451,7 +463,7 @@ export async function runSlowDownstream (cfg: BenchConfig, capacity: number, con
     const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
       phases: [{ seconds, rate }],
       routes: route,
-      warmup: { seconds: cfg.quick ? 0.5 : 1, rate: Math.round(capacity * 0.3) },
+      warmup: { seconds: 1, rate: Math.round(capacity * 0.3) },
       drainMs: cfg.drainMs,
       timeoutMs: cfg.timeoutMs
     }))
@@ -470,7 +482,7 @@ export async function runStall (cfg: BenchConfig, capacity: number, contenders: 
     const m = await withServer({ contender: c, stallEveryMs: everyMs, stallMs }, async (srv) => await measure(srv, {
       phases: [{ seconds, rate }],
       routes: '/work',
-      warmup: { seconds: cfg.quick ? 0.3 : 1, rate: Math.round(capacity * 0.3) },
+      warmup: { seconds: 1, rate: Math.round(capacity * 0.3) },
       drainMs: cfg.drainMs,
       timeoutMs: cfg.timeoutMs
     }))
@@ -515,7 +527,7 @@ export async function runBimodal (cfg: BenchConfig, capacity: number, contenders
     const m = await withServer({ contender: c }, async (srv) => await measure(srv, {
       phases: [{ seconds, rate }],
       routes: bimodalRoutes,
-      warmup: { seconds: cfg.quick ? 0.3 : 1, rate: Math.round(capacity * 0.3) },
+      warmup: { seconds: 1, rate: Math.round(capacity * 0.3) },
       drainMs: cfg.drainMs,
       timeoutMs: cfg.timeoutMs
     }))
@@ -592,7 +604,8 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
       const cpuNs = cpuBefore !== null && cpuAfter !== null && count > 0 ? (cpuAfter - cpuBefore) / count : null
       return { perSec, cpuNs }
     }
-    for (const srv of servers) await once(srv, 1) // warm-up
+    // warm-up
+    for (const srv of servers) await runClosedLoop({ port: srv.port, path: '/hello', connections, seconds: 0.4 })
     const res: Array<Record<string, number>> = []
     const cpu: Record<string, number[]> = {}
     for (let k = 0; k < rounds; k++) {
