@@ -71,7 +71,7 @@ async function main (): Promise<void> {
   const bundle = await prepareServerBundle()
   const lib = gitState()
   log(`servers: ${bundle !== undefined ? 'bench/server.ts + lib/ bundled once with esbuild' : 'bench/server.ts through tsx'}; lib/ at ${lib}`)
-  const busy = await foreignLoad(500)
+  const busy = await foreignLoad(300)
   if (busy !== undefined && (busy[0] > 0.1 || busy[1] > 0.1)) {
     const msg = `other processes are using the benchmark CPUs (CPU0 ${pct100(busy[0])}, CPU1 ${pct100(busy[1])}): expect noisy figures`
     notes.push(msg)
@@ -118,9 +118,9 @@ async function main (): Promise<void> {
     results.slow = { route: '/work?cpu=1&io=300', results: await runSlowDownstream(cfg, C, choose(quick ? ['admission'] : everyone), quick ? 3 : 8) }
   }
   if (only.has('stall')) {
-    // quick: one stall (≈ 2.4 s into a 4 s run); full: three
+    // quick: one stall (≈ 1.8 s into a 3.5 s run); full: three
     log(`stall: 200 ms synchronous stall every 3 s, /work at 0.7x  [${elapsed(t0)}]`)
-    results.stall = { everyMs: 3000, stallMs: 200, results: await runStall(cfg, C, choose(quick ? ['admission'] : everyone), quick ? 4 : 10, 3000, 200) }
+    results.stall = { everyMs: 3000, stallMs: 200, results: await runStall(cfg, C, choose(quick ? ['admission'] : everyone), quick ? 3.5 : 10, 3000, 200) }
   }
   if (only.has('bimodal') && (!quick || values.only !== undefined)) {
     const mult = 3
@@ -133,7 +133,7 @@ async function main (): Promise<void> {
   }
   if (only.has('hello')) {
     log(`hello-world overhead: closed loop, alternating rounds  [${elapsed(t0)}]`)
-    results.hello = await runHello(cfg, choose(['bare', 'admission']), quick ? 3 : 5, quick ? 1 : 2)
+    results.hello = await runHello(cfg, choose(['bare', 'admission']), quick ? 2 : 5, quick ? 1 : 2)
   }
 
   // a baseline serving well above "capacity" within the SLO means the capacity search was disturbed
