@@ -3,7 +3,7 @@
 // the runner (normal exit, error, SIGINT/SIGTERM; a SIGKILLed runner closes the
 // children's stdin pipe and they exit on their own).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { mkdirSync, readFileSync, rmSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import http from 'node:http'
 import { performance } from 'node:perf_hooks'
 import { createInterface } from 'node:readline'
@@ -26,6 +26,11 @@ export async function prepareServerBundle (): Promise<string | undefined> {
     const esbuild = await import('esbuild')
     const dir = fileURLToPath(new URL('./results/tmp/', import.meta.url))
     mkdirSync(dir, { recursive: true })
+    // bundles left by runs that were killed with SIGKILL
+    for (const f of readdirSync(dir)) {
+      const m = /^server-(\d+)\.mjs$/.exec(f)
+      if (m !== null && !pidAlive(Number(m[1]))) rmSync(dir + f, { force: true })
+    }
     const out = `${dir}server-${process.pid}.mjs`
     await esbuild.build({
       entryPoints: [serverScript],
@@ -60,6 +65,15 @@ export function pinSelf (cpu: number): boolean {
   if (!hasTaskset()) return false
   const r = spawnSync('taskset', ['-a', '-p', '-c', String(cpu), String(process.pid)], { stdio: 'ignore' })
   return r.status === 0
+}
+
+export function pidAlive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
 }
 
 const children = new Set<ChildProcess>()

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
 import { runClosedLoop, runOpenLoop, type OpenLoopResult, type Phase, type Route } from './open-loop.js'
-import { commandExists, cpuSnapshot, interference, runCommand, startServer, waitQuiet, type Interference, type ServerHandle, type StartOptions } from './proc.js'
+import { commandExists, cpuSnapshot, interference, pidAlive, runCommand, startServer, waitQuiet, type Interference, type ServerHandle, type StartOptions } from './proc.js'
 import type { Contender, SeriesPoint } from './server.js'
 import { Outcome, bucketStats, windowStats, type WindowStats } from './stats.js'
 
@@ -123,17 +123,8 @@ export async function measure (srv: ServerHandle, o: MeasureOptions): Promise<Me
     .map(p => ({ ...p, t: Math.round((p.t - start) / 10) / 100 }))
     .filter(p => p.t >= -0.2 && p.t <= end + 0.2)
   const stalls = srv.stalls.map(s => ({ t: Math.round((s.t - start) / 10) / 100, ms: s.ms }))
-  const died = srv.pid === undefined || !isAlive(srv.pid)
+  const died = srv.pid === undefined || !pidAlive(srv.pid)
   return { gen, interference: intf, series, stalls, died }
-}
-
-function isAlive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 async function sleepMs (ms: number): Promise<void> {
