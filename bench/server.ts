@@ -124,7 +124,8 @@ export async function buildServer (contender: Contender): Promise<FastifyInstanc
       staticCap(app, 100)
       break
     case 'admission':
-      await app.register(await loadAdmission())
+      // Default options are what the benchmark measures; BENCH_ADMISSION_OPTIONS (JSON) is for tuning runs.
+      await app.register(await loadAdmission(), JSON.parse(process.env.BENCH_ADMISSION_OPTIONS ?? '{}'))
       break
   }
   app.get('/work', workHandler)

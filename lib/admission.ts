@@ -1,7 +1,7 @@
 // The admission decision: permits, outcome counters, window accounting, shedding episodes. No Fastify
 // and no clock: the glue passes `now` and the sampled loop signals in.
 
-import { AdaptiveLimit, clamp, finiteOr, type LimitSettings } from './limit.js'
+import { AdaptiveLimit, clamp, finiteOr, PRESSURE_ELU, type LimitSettings } from './limit.js'
 import { RetryAfterPolicy, type RetryAfterSettings } from './retry-after.js'
 
 export type Mode = 'enforce' | 'observe'
@@ -79,6 +79,12 @@ export interface ControllerHooks {
   random?: () => number
   /** Told when a shedding episode starts or stops. */
   onShedding?: (event: NonNullable<SheddingEvent>, nowMs: number) => void
+  /**
+   * Event-loop utilisation over the last few milliseconds. Asked only when a request finds the limit
+   * reached while it is not enforced, so that a sudden overload is met within milliseconds rather
+   * than at the end of the sampling window.
+   */
+  recentElu?: () => number
 }
 
 const REASONS: readonly RejectReason[] = ['limit', 'heap', 'rss', 'health']
@@ -104,7 +110,9 @@ export class AdmissionController {
   readonly #settings: ControllerSettings
   readonly #graceUntil: number
   readonly #onShedding: ControllerHooks['onShedding']
+  readonly #recentElu: ControllerHooks['recentElu']
   #enforcing = false
+  #graceOver = false
   // Window accumulators, reset by onWindow().
   #arrivals = 0
   #refused = 0
@@ -122,6 +130,7 @@ export class AdmissionController {
     this.retryAfter = new RetryAfterPolicy(settings.retryAfter, hooks.random)
     this.#graceUntil = nowMs + settings.graceMs
     this.#onShedding = hooks.onShedding
+    this.#recentElu = hooks.recentElu
   }
 
   get limit (): number {
@@ -134,7 +143,7 @@ export class AdmissionController {
    */
   acquire (_klass: RequestClass, _tenant?: string): Outcome {
     this.#arrivals++
-    if (!this.#enforcing || this.inflight < this.limiter.limit) {
+    if (this.inflight < this.limiter.limit || (!this.#enforcing && !this.#busyNow())) {
       this.inflight++
       this.totals.admitted++
       return 'admitted'
@@ -147,6 +156,13 @@ export class AdmissionController {
     }
     this.totals.rejected.limit++
     return 'rejected'
+  }
+
+  /** The loop is saturated right now (past the startup grace): enforce until the window closes. */
+  #busyNow (): boolean {
+    if (!this.#graceOver || this.#recentElu === undefined || !(this.#recentElu() >= PRESSURE_ELU)) return false
+    this.#enforcing = true
+    return true
   }
 
   /** Count a refusal decided elsewhere (the under-pressure ceilings): no permit was taken. */
@@ -179,7 +195,8 @@ export class AdmissionController {
       latencySumMs: this.#latencySumMs,
       rejected: refused
     })
-    this.#enforcing = this.limiter.pressure && nowMs >= this.#graceUntil
+    this.#graceOver = nowMs >= this.#graceUntil
+    this.#enforcing = this.limiter.pressure && this.#graceOver
     this.#arrivals = 0
     this.#refused = 0
     this.#completed = 0

@@ -48,12 +48,11 @@ const QUIET_MS = 1000
 /** At most one "shedding started" log line per this long. */
 const LOG_INTERVAL_MS = 10_000
 
+/** When the permit was taken (performance.now()); NaN once it is given back. */
 const kStart = Symbol('fastify-admission.start')
-const kHeld = Symbol('fastify-admission.held')
 
 interface TrackedResponse extends ServerResponse {
   [kStart]: number
-  [kHeld]: boolean
 }
 
 /** Reason of an under-pressure refusal; its event-loop checks are never enabled by this plugin. */
@@ -72,7 +71,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     graceMs: opts.startupGrace,
     retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
     quietMs: QUIET_MS
-  }, performance.now(), { onShedding: logShedding })
+  }, performance.now(), { onShedding: logShedding, recentElu: () => monitor.recentElu() })
   const metrics = registerMetrics(controller, opts.metricsPrefix, opts.registry)
   const monitor = new LoopMonitor(DELAY_RESOLUTION_MS)
   const statusCode = opts.statusCode
@@ -92,9 +91,10 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
 
   // Released exactly once, when the raw response closes: after it is sent, or when the client aborts.
   function admissionReleaseOnClose (this: TrackedResponse): void {
-    if (!this[kHeld]) return
-    this[kHeld] = false
-    controller.release(performance.now() - this[kStart], this.writableFinished)
+    const start = this[kStart]
+    if (Number.isNaN(start)) return
+    this[kStart] = NaN
+    controller.release(performance.now() - start, this.writableFinished)
   }
 
   function admissionOnRequest (_request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
@@ -104,7 +104,6 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     }
     const res = reply.raw as TrackedResponse
     res[kStart] = performance.now()
-    res[kHeld] = true
     res.on('close', admissionReleaseOnClose)
     done()
   }

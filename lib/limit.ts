@@ -41,6 +41,11 @@ export const RELEASE_ELU = 0.75
 export const MIN_SAMPLES = 5
 /** Smoothing of the capacity and baseline estimates (per window, scaled by ELU for capacity). */
 export const SMOOTHING = 0.3
+/** While the limit binds, the loop should be this busy: idler means the limit is too low. */
+export const BUSY_TARGET = 0.98
+/** Bounds of the feedback gain on the model limit. */
+export const MIN_GAIN = 0.5
+export const MAX_GAIN = 3
 
 export class AdaptiveLimit {
   /** Current concurrency limit (a whole number within [minLimit, maxLimit]). */
@@ -51,6 +56,12 @@ export class AdaptiveLimit {
   baselineMs = 0
   /** Whether the limit is enforced now. */
   pressure = false
+  /**
+   * Feedback on the model: while the limit binds (refusals under pressure) the gain integrates towards
+   * an ELU of BUSY_TARGET: an idle CPU while work is refused raises it, a saturated loop lowers it
+   * (so it cannot creep up). Without pressure it relaxes towards 1.
+   */
+  gain = 1
 
   readonly #settings: LimitSettings
 
@@ -88,9 +99,15 @@ export class AdaptiveLimit {
       }
     }
 
+    if (this.pressure && w.rejected > 0) {
+      this.gain = clamp(this.gain * (1 + BUSY_TARGET - elu), MIN_GAIN, MAX_GAIN)
+    } else if (!this.pressure) {
+      this.gain += SMOOTHING * (1 - this.gain)
+    }
+
     if (this.capacity > 0 && this.baselineMs > 0) {
       const s = this.#settings
-      const model = this.capacity * (this.baselineMs / 1000) * (1 + s.headroom)
+      const model = this.capacity * (this.baselineMs / 1000) * (1 + s.headroom) * this.gain
       this.limit = clamp(Math.ceil(model), s.minLimit, s.maxLimit)
     }
   }
