@@ -64,7 +64,7 @@ export interface AdmissionOptions {
   /**
    * Queueing the limit allows, as a fraction of the requests' own latency (0-4). Lower trades a little
    * throughput for lower admitted latency under overload.
-   * @defaultValue 0.5
+   * @defaultValue 0.25
    */
   headroom?: number
   /**
@@ -219,7 +219,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     throw new InvalidOptionError('maxLimit', `an integer >= minLimit (${minLimit})`, show(maxLimit))
   }
   const initialLimit = integer(opts, 'initialLimit', Math.min(Math.max(50, minLimit), maxLimit), minLimit, maxLimit)
-  const headroom = opts.headroom === undefined ? 0.5 : opts.headroom
+  const headroom = opts.headroom === undefined ? 0.25 : opts.headroom
   if (typeof headroom !== 'number' || !(headroom >= 0 && headroom <= 4)) {
     throw new InvalidOptionError('headroom', 'a number from 0 to 4', show(headroom))
   }

@@ -14,7 +14,7 @@ t.test('defaults: every option filled in, frozen', async t => {
     initialLimit: 50,
     minLimit: 2,
     maxLimit: 10000,
-    headroom: 0.5,
+    headroom: 0.25,
     retryAfterMin: 1,
     retryAfterMax: 30,
     registry: undefined,
