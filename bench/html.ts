@@ -332,7 +332,7 @@ ${stepSection(r)}
 ${otherSections(r)}
 <h2>Method</h2>
 <ul>
-<li>Open-loop generator (bench/open-loop.ts): arrivals evenly spaced at the target rate whatever the server does; latency from the <i>scheduled</i> send time (no coordinated omission); keep-alive connections opened on demand; 10 s client timeout. Its own send lag is reported per point.</li>
+<li>Open-loop generator (bench/open-loop.ts): arrivals evenly spaced at the target rate whatever the server does; latency from the <i>scheduled</i> send time (no coordinated omission); a pool of keep-alive connections opened before the load (requests that find them all busy wait in the client, still timed from their scheduled send time); 10 s client timeout. Its own send lag is reported per point.</li>
 <li>Every server is started pinned to CPU 0, polled until it answers, warmed up (~1 s at 0.3x), measured, then killed. The runner and generator are pinned to CPU 1.</li>
 <li>Server time series every 100 ms: in-flight (requests received by Node and not yet answered), event-loop utilization over the interval, loop-delay p99 over the interval, and the plugin's limit.</li>
 </ul>

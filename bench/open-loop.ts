@@ -1,4 +1,4 @@
-// Open-loop HTTP load generator (minimal keep-alive HTTP/1.1 client, pool grows on demand).
+// Open-loop HTTP load generator (minimal keep-alive HTTP/1.1 client, pool opened before the load).
 //
 // Requests leave on a fixed arrival schedule (evenly spaced at the phase's
 // rate) whatever the server does. Latency is measured from the *scheduled*
@@ -35,10 +35,10 @@ export interface OpenLoopOptions {
   /** how long to wait after the last scheduled send for answers (default = timeoutMs, at most timeoutMs) */
   drainMs?: number
   /**
-   * Hard cap on concurrent connections, to stay below the file-descriptor limit
-   * (default: 75 % of `ulimit -n`, at most 15 000). Requests beyond it wait in a
-   * client-side queue; they are counted in `connQueued` and their latency still
-   * runs from the scheduled time.
+   * Connections opened before the load and the cap on concurrent ones (default 256,
+   * or BENCH_MAX_CONNECTIONS). Requests beyond it wait in a client-side FIFO queue;
+   * they are counted in `connQueued` and their latency still runs from the
+   * scheduled time.
    */
   maxConnections?: number
   /** called on every completion (for live displays); times in ms from run start */

@@ -99,9 +99,22 @@ export function lineChart (c: ChartSpec): string {
   const H = c.height ?? 300
   const hasRight = c.series.some(s => s.right === true)
   const m = { l: 62, r: hasRight ? 62 : 18, t: 30, b: 46 }
-  const legendRows = Math.ceil(c.series.length / 3)
-  const legendH = legendRows * 16 + 4
   const pw = W - m.l - m.r
+  // legend: items flow left to right and wrap (≈ 6.3 px per character at 11 px)
+  const legend: Array<{ s: LineSeries, x: number, row: number }> = []
+  {
+    let x = 0
+    let row = 0
+    for (const s of c.series) {
+      const label = s.name + (s.right === true ? ' (right axis)' : '')
+      const w = 25 + label.length * 6.3 + 16
+      if (x > 0 && x + w > pw) { x = 0; row++ }
+      legend.push({ s, x, row })
+      x += w
+    }
+  }
+  const legendRows = legend.length > 0 ? (legend[legend.length - 1] as { row: number }).row + 1 : 0
+  const legendH = legendRows * 16 + 4
   const ph = H - m.t - m.b - legendH
 
   const xs: number[] = []
@@ -148,7 +161,7 @@ export function lineChart (c: ChartSpec): string {
     const x0 = sx(Math.max(b.x0, xMin))
     const x1 = sx(Math.min(b.x1, xMax))
     parts.push(`<rect x="${x0.toFixed(1)}" y="${m.t}" width="${Math.max(1, x1 - x0).toFixed(1)}" height="${ph}" fill="${b.color ?? '#f3e6c8'}" opacity="0.55"/>`)
-    if (b.label !== undefined) parts.push(`<text x="${((x0 + x1) / 2).toFixed(1)}" y="${m.t + 11}" text-anchor="middle" fill="#7a6a40" font-size="10">${esc(b.label)}</text>`)
+    if (b.label !== undefined) parts.push(`<text x="${((x0 + x1) / 2).toFixed(1)}" y="${m.t + ph - 5}" text-anchor="middle" fill="#7a6a40" font-size="10">${esc(b.label)}</text>`)
   }
   // grid + axes
   const yt = c.yLog === true ? logTicks(yMin, yMax) : linearTicks(yMin, yMax)
@@ -219,10 +232,8 @@ export function lineChart (c: ChartSpec): string {
   }
   // legend
   const ly = H - legendH + 6
-  c.series.forEach((s, i) => {
-    const col = i % 3
-    const row = Math.floor(i / 3)
-    const x = m.l + col * (pw / 3)
+  legend.forEach(({ s, x: lx, row }) => {
+    const x = Math.round(m.l + lx)
     const y = ly + row * 16
     parts.push(`<line x1="${x}" x2="${x + 20}" y1="${y}" y2="${y}" stroke="${s.color}" stroke-width="2.5"${s.dash !== undefined ? ` stroke-dasharray="${s.dash}"` : ''}/>`)
     parts.push(`<text x="${x + 25}" y="${y + 4}" fill="#222">${esc(s.name)}${s.right === true ? ' (right axis)' : ''}</text>`)
