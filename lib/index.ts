@@ -12,7 +12,7 @@ import underPressurePlugin, { type FastifyUnderPressureOptions } from '@fastify/
 import {
   AdmissionController, DEFAULT_CLASS, type AdmissionSnapshot, type RejectReason, type SheddingEvent
 } from './admission.js'
-import { registerMetrics } from './metrics.js'
+import { registerMetrics, type MetricsHandle } from './metrics.js'
 import { resolveOptions, resolveRouteConfig, type AdmissionOptions, type AdmissionRouteConfig } from './options.js'
 import { LoopMonitor } from './signals.js'
 
@@ -62,6 +62,7 @@ function underPressureReason (type: string): RejectReason {
 
 const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmission (fastify, rawOptions) {
   const opts = resolveOptions(rawOptions)
+  const monitor = new LoopMonitor(DELAY_RESOLUTION_MS)
   const controller = new AdmissionController({
     mode: opts.mode,
     minLimit: opts.minLimit,
@@ -71,9 +72,14 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     graceMs: opts.startupGrace,
     retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
     quietMs: QUIET_MS
-  }, performance.now(), { onShedding: logShedding, recentElu: () => monitor.recentElu() })
-  const metrics = registerMetrics(controller, opts.metricsPrefix, opts.registry)
-  const monitor = new LoopMonitor(DELAY_RESOLUTION_MS)
+  }, performance.now(), { onShedding: logShedding, recentElu: monitor.recentElu.bind(monitor) })
+  let metrics: MetricsHandle
+  try {
+    metrics = registerMetrics(controller, opts.metricsPrefix, opts.registry)
+  } catch (err) {
+    monitor.stop()
+    throw err
+  }
   const statusCode = opts.statusCode
   const refusalBody = JSON.stringify({
     statusCode,

@@ -139,3 +139,36 @@ t.test('saturation: ≈ ELU below overload, offered ÷ capacity above it; never 
   t.equal(snap.capacity, 800)
   t.ok(Object.isFrozen(snap))
 })
+
+t.test('a sudden overload is met before the window closes: the recent ELU is asked at the limit', async t => {
+  let busy = 0
+  let asked = 0
+  const c = new AdmissionController({ ...base, graceMs: 100 }, 0, { recentElu: () => { asked++; return busy } })
+  c.acquire(DEFAULT_CLASS)
+  c.acquire(DEFAULT_CLASS)
+  busy = 1
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'startup grace: not even asked')
+  t.equal(asked, 0)
+  c.onWindow(idle, 100)
+  busy = 0.3
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'at the limit but the loop is idle (slow downstream): admitted')
+  t.equal(asked, 1)
+  busy = 0.95
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'at the limit with a busy loop: refused at once')
+  busy = 0
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'and enforced until the window closes')
+  t.equal(asked, 2, 'no further asking while enforced')
+  c.onWindow(idle, 200)
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'the window decides again')
+  t.equal(c.acquire(DEFAULT_CLASS, undefined), 'admitted')
+  const never = new AdmissionController(base, 0)
+  never.onWindow(idle, 100)
+  never.acquire(DEFAULT_CLASS)
+  never.acquire(DEFAULT_CLASS)
+  t.equal(never.acquire(DEFAULT_CLASS), 'admitted', 'without a probe only the window decides')
+  const nan = new AdmissionController(base, 0, { recentElu: () => NaN })
+  nan.onWindow(idle, 100)
+  nan.acquire(DEFAULT_CLASS)
+  nan.acquire(DEFAULT_CLASS)
+  t.equal(nan.acquire(DEFAULT_CLASS), 'admitted', 'a NaN reading never refuses')
+})

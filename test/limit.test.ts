@@ -119,3 +119,37 @@ t.test('headroom scales the standing queue allowance', async t => {
   double.update(win({}))
   t.equal(double.limit, 16)
 })
+
+t.test('feedback while shedding: an idle CPU raises the gain, a saturated loop lowers it', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({}))
+  t.equal(l.limit, 12)
+  // Refusing under pressure while the loop idles 10 %: gain x (1 + 0.98 - 0.9) = 1.08.
+  l.update(win({ elu: 0.9, completed: 36, latencySumMs: 36 * 20, rejected: 50 }))
+  t.equal(Math.round(l.gain * 1e9) / 1e9, 1.08)
+  // capacity 400 + 0.3 * 0.9 * (400 - 400) = 400 -> 400 * 0.02 * 1.5 * 1.08 = 12.96
+  t.equal(l.limit, 13)
+  // Saturated and refusing: x 0.98 per window, so the limit cannot creep up.
+  l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 50 }))
+  t.equal(Math.round(l.gain * 1e9) / 1e9, Math.round(1.08 * 0.98 * 1e9) / 1e9)
+  // Under pressure without refusals the limit does not bind: the gain holds.
+  const held = l.gain
+  l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 0 }))
+  t.equal(l.gain, held)
+  // Without pressure it relaxes towards 1.
+  l.update(win({ elu: 0.5 }))
+  t.equal(Math.round(l.gain * 1e9) / 1e9, Math.round((held + 0.3 * (1 - held)) * 1e9) / 1e9)
+})
+
+t.test('the gain stays within [0.5, 3]', async t => {
+  const up = new AdaptiveLimit(settings)
+  for (let i = 0; i < 50; i++) up.update(win({ elu: 0.76, rejected: 1 }))
+  t.equal(up.pressure, false, 'pressure released below 0.75 only')
+  const high = new AdaptiveLimit(settings)
+  high.update(win({ elu: 0.95 }))
+  for (let i = 0; i < 50; i++) high.update(win({ elu: 0.8, rejected: 1 }))
+  t.equal(high.gain, 3)
+  const low = new AdaptiveLimit(settings)
+  for (let i = 0; i < 100; i++) low.update(win({ elu: 1, rejected: 1 }))
+  t.equal(low.gain, 0.5)
+})

@@ -231,3 +231,29 @@ t.test('release is idempotent: a second close event gives nothing back twice', a
   await turns()
   t.equal(app.admission.inflight, 0)
 })
+
+function burn (ms: number): void {
+  const end = performance.now() + ms
+  while (performance.now() < end);
+}
+
+t.test('a real overload onset is refused before any window closes; an idle loop still admits', async t => {
+  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1 })
+  const g = gate()
+  app.get('/slow', async () => { await g.wait; return 'ok' })
+  await app.ready()
+  controller.onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, 1e9) // past the grace, not enforcing
+  const held = [app.inject('/slow')]
+  await turns(10)
+  held.push(app.inject('/slow')) // whatever the loop did since start: this sets the probe's baseline
+  await turns(10)
+  controller.onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, 1e9 + 100)
+  await new Promise(resolve => setTimeout(resolve, 50))
+  const idle = app.inject('/slow')
+  await turns(10)
+  burn(100)
+  t.equal((await app.inject('/slow')).statusCode, 503, 'at the limit after 100 ms of saturation: refused at once')
+  g.open()
+  await Promise.all(held)
+  t.equal((await idle).statusCode, 200, 'at the limit with an idle loop (a slow downstream): admitted')
+})
