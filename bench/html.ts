@@ -32,13 +32,11 @@ function targetsSection (targets: TargetCheck[]): string {
 ${table(['target', 'required', ...contenders.map(c => `<span style="color:${colorOf(c)}">${esc(c)}</span>`)], rows, 'targets')}`
 }
 
-function sweepSection (r: BenchResults): string {
+/** The goodput-vs-offered-load chart of the sweep, a standalone SVG (the README shows it). */
+export function goodputChart (r: BenchResults): string {
   const C = r.capacity.rps
   const entries = Object.entries(r.sweep.results)
-  if (entries.length === 0) return ''
   const mults = r.sweep.mults
-  const xTicks = mults
-  const xFmt = (x: number): string => `${x}x`
   const goodSeries: LineSeries[] = entries.map(([c, pts]) => ({
     name: c,
     color: colorOf(c),
@@ -46,13 +44,13 @@ function sweepSection (r: BenchResults): string {
     points: pts.map(p => [p.mult, (p.stats.goodPerSec / C) * 100])
   }))
   goodSeries.push({ name: 'ideal: min(offered, capacity)', color: '#999', dash: '4 4', width: 1.2, points: mults.map(m => [m, Math.min(m, 1) * 100]) })
-  const goodChart = lineChart({
+  return lineChart({
     title: 'Goodput vs offered load',
     xLabel: 'offered load (multiple of measured capacity, log scale)',
     yLabel: 'goodput: 2xx within 1 s SLO (% of capacity)',
     xLog: true,
-    xTicks,
-    xTickFormat: xFmt,
+    xTicks: mults,
+    xTickFormat: (x: number): string => `${x}x`,
     xMin: Math.min(...mults) * 0.9,
     xMax: Math.max(...mults) * 1.1,
     yMin: 0,
@@ -61,6 +59,16 @@ function sweepSection (r: BenchResults): string {
     series: goodSeries,
     targets: [{ x: 2, y: 95, label: 'target ≥95 %' }, { x: 4, y: 90, label: '≥90 %' }, { x: 10, y: 80, label: '≥80 %' }].filter(t => mults.includes(t.x))
   })
+}
+
+function sweepSection (r: BenchResults): string {
+  const C = r.capacity.rps
+  const entries = Object.entries(r.sweep.results)
+  if (entries.length === 0) return ''
+  const mults = r.sweep.mults
+  const xTicks = mults
+  const xFmt = (x: number): string => `${x}x`
+  const goodChart = goodputChart(r)
   const unloaded = r.sweep.results.admission?.find(p => p.mult === 0.5)?.stats.okP99 ?? r.sweep.results.bare?.find(p => p.mult === 0.5)?.stats.okP99 ?? null
   const p99Chart = lineChart({
     title: 'Admitted (2xx) p99 latency vs offered load',

@@ -11,7 +11,7 @@ import os from 'node:os'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { renderHtml } from './html.js'
+import { goodputChart, renderHtml } from './html.js'
 import { commandExists, foreignLoad, hasTaskset, installExitHandlers, killAllChildren, pinSelf, prepareServerBundle, setQuietBudget } from './proc.js'
 import type { BenchResults } from './results.js'
 import {
@@ -154,6 +154,7 @@ async function main (): Promise<void> {
   writeFileSync(`${outDir}/${base}.html`, html)
   writeFileSync(`${outDir}/latest.json`, json)
   writeFileSync(`${outDir}/latest.html`, html)
+  if (!quick && Object.keys(results.sweep.results).length > 0) writeFileSync(`${outDir}/goodput.svg`, goodputChart(results))
 
   printSummary(results, targets)
   log(`\nreport: bench/results/${base}.html (and latest.html), data: ${base}.json`)

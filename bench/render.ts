@@ -1,0 +1,14 @@
+// Re-render the HTML report and the goodput chart of a results file (after changing the report code).
+//   tsx bench/render.ts [bench/results/latest.json]
+import { readFileSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { goodputChart, renderHtml } from './html.js'
+import type { BenchResults } from './results.js'
+import { checkTargets } from './targets.js'
+
+const file = process.argv[2] ?? new URL('./results/latest.json', import.meta.url).pathname
+const results = JSON.parse(readFileSync(file, 'utf8')) as BenchResults
+const targets = checkTargets(results)
+writeFileSync(file.replace(/\.json$/, '.html'), renderHtml(results, targets))
+if (Object.keys(results.sweep.results).length > 0) writeFileSync(join(dirname(file), 'goodput.svg'), goodputChart(results))
+console.log(`rendered ${file.replace(/\.json$/, '.html')} and goodput.svg`)
