@@ -4,7 +4,7 @@
 //
 // The runner (and its load generator) pins itself to CPU 1; every server under
 // test runs alone on CPU 0. Results: bench/results/<date>[-quick].json|html and
-// bench/results/latest.json|html.
+// bench/results/latest[-quick].json|html.
 import { spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
@@ -152,12 +152,14 @@ async function main (): Promise<void> {
   const html = renderHtml(results, targets)
   writeFileSync(`${outDir}/${base}.json`, json)
   writeFileSync(`${outDir}/${base}.html`, html)
-  writeFileSync(`${outDir}/latest.json`, json)
-  writeFileSync(`${outDir}/latest.html`, html)
+  // latest.* is the last full run (the README links it); quick runs keep their own latest-quick.*
+  const latest = quick ? 'latest-quick' : 'latest'
+  writeFileSync(`${outDir}/${latest}.json`, json)
+  writeFileSync(`${outDir}/${latest}.html`, html)
   if (!quick && Object.keys(results.sweep.results).length > 0) writeFileSync(`${outDir}/goodput.svg`, goodputChart(results))
 
   printSummary(results, targets)
-  log(`\nreport: bench/results/${base}.html (and latest.html), data: ${base}.json`)
+  log(`\nreport: bench/results/${base}.html (and ${latest}.html), data: ${base}.json`)
   log(`elapsed ${results.elapsedSeconds} s`)
   killAllChildren()
 }
