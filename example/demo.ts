@@ -73,30 +73,30 @@ async function startServer (port: number): Promise<void> {
   throw new Error('example server did not start within 15 s')
 }
 
-/** Ramp (×1.15 every 0.25 s) until latency grows or 503s appear; the last clean step is the capacity. */
+/** Ramp (×1.08 every 0.2 s) until latency grows or 503s exceed 2 %; the last clean step is the capacity. */
 async function measureCapacity (port: number): Promise<number> {
   await runOpenLoop({ port, phases: [{ seconds: 0.5, rate: 60 }], routes: '/work', drainMs: 1000 })
   const rates: number[] = []
-  for (let r = 80; r < 5000; r *= 1.15) rates.push(Math.round(r))
+  for (let r = 150; r < 5000; r *= 1.08) rates.push(Math.round(r))
   const ctl = new AbortController()
   const res = await runOpenLoop({
     port,
-    phases: rates.map(rate => ({ seconds: 0.25, rate })),
+    phases: rates.map(rate => ({ seconds: 0.2, rate })),
     routes: '/work',
     drainMs: 2000,
     signal: ctl.signal,
-    onComplete: (_i, outcome, lat) => { if (outcome !== Outcome.ok || lat > 300) ctl.abort() }
+    onComplete: (_i, outcome, lat) => { if (outcome === Outcome.error || outcome === Outcome.timeout || lat > 300) ctl.abort() }
   })
-  const base = windowStats(res.records, 0, 0.75, SLO_MS).okP50 ?? 25
+  const base = windowStats(res.records, 0, 0.8, SLO_MS).okP50 ?? 25
   let capacity = rates[0] as number
   let t = 0
   let bad = 0
   for (const rate of rates) {
-    const w = windowStats(res.records, t, t + 0.25, SLO_MS)
-    t += 0.25
+    const w = windowStats(res.records, t, t + 0.2, SLO_MS)
+    t += 0.2
     if (w.offered === 0) break
-    const p90 = p90Of(res, t - 0.25, t)
-    if (w.ok < w.offered || p90 === null || p90 > base + 25) {
+    const p90 = p90Of(res, t - 0.2, t)
+    if (w.ok < 0.98 * w.offered || p90 === null || p90 > base + 25) {
       if (++bad >= 2) break
       continue
     }
@@ -232,7 +232,7 @@ async function main (): Promise<void> {
   for (const [k, p] of phases.entries()) {
     const w = windowStats(result.records, t, t + p.seconds, SLO_MS)
     t += p.seconds
-    console.log(`  ${(names[k] ?? p.label).padEnd(14)} offered ${String(Math.round(w.offeredPerSec)).padStart(5)}/s  goodput ${String(Math.round(w.goodPerSec)).padStart(4)}/s (${Math.round((100 * w.goodPerSec) / capacity)} % of capacity)  ` +
+    console.log(`  ${(names[k] ?? p.label).padEnd(14)} offered ${String(Math.round(w.offeredPerSec)).padStart(5)}/s  goodput ${String(Math.round(w.goodPerSec)).padStart(4)}/s (${Math.round((100 * w.goodPerSec) / capacity)} % of measured capacity)  ` +
       `503 ${String(w.rejected).padStart(5)}  failed ${w.errors + w.timeouts + w.unfinished + w.other}  2xx p99 ${w.okP99 === null ? '–' : `${w.okP99.toFixed(0)} ms`}`)
   }
   const all = windowStats(result.records, 0, total, SLO_MS)
