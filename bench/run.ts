@@ -147,16 +147,20 @@ async function main (): Promise<void> {
   const targets = checkTargets(results)
   const outDir = values.out ?? fileURLToPath(new URL('./results/', import.meta.url))
   mkdirSync(outDir, { recursive: true })
-  const base = quick ? `${results.date}-quick` : results.date
+  // latest.* is the last complete full run (the README links it and shows goodput.svg); quick runs keep
+  // latest-quick.*, and runs narrowed with --only or --contenders latest-partial.*, so neither
+  // overwrites the complete report.
+  const partial = values.only !== undefined || values.contenders !== undefined
+  const kind = partial ? 'partial' : quick ? 'quick' : ''
+  const base = kind === '' ? results.date : `${results.date}-${kind}`
   const json = JSON.stringify({ ...results, targets }, null, 1)
   const html = renderHtml(results, targets)
   writeFileSync(`${outDir}/${base}.json`, json)
   writeFileSync(`${outDir}/${base}.html`, html)
-  // latest.* is the last full run (the README links it); quick runs keep their own latest-quick.*
-  const latest = quick ? 'latest-quick' : 'latest'
+  const latest = kind === '' ? 'latest' : `latest-${kind}`
   writeFileSync(`${outDir}/${latest}.json`, json)
   writeFileSync(`${outDir}/${latest}.html`, html)
-  if (!quick && Object.keys(results.sweep.results).length > 0) writeFileSync(`${outDir}/goodput.svg`, goodputChart(results))
+  if (kind === '' && Object.keys(results.sweep.results).length > 0) writeFileSync(`${outDir}/goodput.svg`, goodputChart(results))
 
   printSummary(results, targets)
   log(`\nreport: bench/results/${base}.html (and ${latest}.html), data: ${base}.json`)
