@@ -6,8 +6,11 @@ import { RetryAfterPolicy, type RetryAfterSettings } from './retry-after.js'
 
 export type Mode = 'enforce' | 'observe'
 
-/** Why a request was refused: the adaptive limit, or one of the ceilings @fastify/under-pressure watches. */
-export type RejectReason = 'limit' | 'heap' | 'rss' | 'health'
+/**
+ * Why a request was refused: the adaptive limit, one of the ceilings @fastify/under-pressure watches, or
+ * the server draining on close.
+ */
+export type RejectReason = 'limit' | 'heap' | 'rss' | 'health' | 'drain'
 
 /** Outcome of one admission decision. `observed` = over the limit in observe mode: let through, counted. */
 export type Outcome = 'admitted' | 'rejected' | 'observed'
@@ -55,6 +58,8 @@ export interface AdmissionSnapshot {
   readonly capacity: number
   /** Whether requests are being refused (or, in observe mode, would be). */
   readonly shedding: boolean
+  /** The server is closing: new requests are refused, in-flight ones finish. */
+  readonly draining: boolean
   /** Retry-After currently advertised (before per-response jitter), seconds. */
   readonly retryAfterSeconds: number
 }
@@ -87,7 +92,7 @@ export interface ControllerHooks {
   recentElu?: () => number
 }
 
-const REASONS: readonly RejectReason[] = ['limit', 'heap', 'rss', 'health']
+const REASONS: readonly RejectReason[] = ['limit', 'heap', 'rss', 'health', 'drain']
 
 function zeroByReason (): Record<RejectReason, number> {
   const r = {} as Record<RejectReason, number>
@@ -106,6 +111,8 @@ export class AdmissionController {
   delayP99Ms = 0
   saturation = 0
   shedding = false
+  /** Set when the server starts closing: every new request is refused with reason 'drain'. */
+  draining = false
 
   readonly #settings: ControllerSettings
   readonly #graceUntil: number
@@ -115,7 +122,10 @@ export class AdmissionController {
   #graceOver = false
   // Window accumulators, reset by onWindow().
   #arrivals = 0
+  /** Refusals of any reason (episodes, Retry-After). */
   #refused = 0
+  /** Refusals by the limit only: the limit learns from its own refusals, not from the ceilings'. */
+  #limitRefused = 0
   #completed = 0
   #latencySumMs = 0
   // Shedding episode.
@@ -126,7 +136,10 @@ export class AdmissionController {
   constructor (settings: ControllerSettings, nowMs: number, hooks: ControllerHooks = {}) {
     this.#settings = settings
     this.mode = settings.mode
-    this.limiter = new AdaptiveLimit(settings)
+    // In observe mode the would-be refusals are not shed, so the loop stays as busy as the overload
+    // makes it: feedback on that would drive the limit to its floor and would_reject would overstate
+    // what enforce does. The model limit (gain 1) is the prediction.
+    this.limiter = new AdaptiveLimit(settings, settings.mode === 'enforce')
     this.retryAfter = new RetryAfterPolicy(settings.retryAfter, hooks.random)
     this.#graceUntil = nowMs + settings.graceMs
     this.#onShedding = hooks.onShedding
@@ -139,22 +152,29 @@ export class AdmissionController {
 
   /**
    * Decide for one request. On `admitted` and `observed` the caller holds a permit and must call
-   * release() exactly once. The class and tenant are unused while there is a single class.
+   * release() exactly once. `veto` is a refusal already decided by a ceiling (heap, RSS, health check)
+   * or by the drain: it is counted here like the limit's own, so observe mode refuses nothing at all.
+   * The class and tenant are unused while there is a single class.
    */
-  acquire (_klass: RequestClass, _tenant?: string): Outcome {
+  acquire (_klass: RequestClass, _tenant?: string, veto?: RejectReason): Outcome {
     this.#arrivals++
-    if (this.inflight < this.limiter.limit || (!this.#enforcing && !this.#busyNow())) {
-      this.inflight++
-      this.totals.admitted++
-      return 'admitted'
+    if (veto === undefined && this.draining) veto = 'drain'
+    if (veto === undefined) {
+      if (this.inflight < this.limiter.limit || (!this.#enforcing && !this.#busyNow())) {
+        this.inflight++
+        this.totals.admitted++
+        return 'admitted'
+      }
+      veto = 'limit'
+      this.#limitRefused++
     }
     this.#refused++
     if (this.mode === 'observe') {
       this.inflight++
-      this.totals.observed.limit++
+      this.totals.observed[veto]++
       return 'observed'
     }
-    this.totals.rejected.limit++
+    this.totals.rejected[veto]++
     return 'rejected'
   }
 
@@ -163,13 +183,6 @@ export class AdmissionController {
     if (!this.#graceOver || this.#recentElu === undefined || !(this.#recentElu() >= PRESSURE_ELU)) return false
     this.#enforcing = true
     return true
-  }
-
-  /** Count a refusal decided elsewhere (the under-pressure ceilings): no permit was taken. */
-  refuse (reason: RejectReason): void {
-    this.#arrivals++
-    this.#refused++
-    this.totals.rejected[reason]++
   }
 
   /** Give a permit back. `finished` = the response was sent in full (not a client abort). */
@@ -185,6 +198,7 @@ export class AdmissionController {
   onWindow (loop: LoopWindow, nowMs: number): SheddingEvent {
     const durationMs = finiteOr(loop.durationMs, 0)
     const refused = this.#refused
+    const limitRefused = this.#limitRefused
     const arrivals = this.#arrivals
     this.elu = clamp(finiteOr(loop.elu, 0), 0, 1)
     this.delayP99Ms = Math.max(0, finiteOr(loop.delayP99Ms, 0))
@@ -193,12 +207,13 @@ export class AdmissionController {
       elu: this.elu,
       completed: this.#completed,
       latencySumMs: this.#latencySumMs,
-      rejected: refused
+      rejected: limitRefused
     })
     this.#graceOver = nowMs >= this.#graceUntil
     this.#enforcing = this.limiter.pressure && this.#graceOver
     this.#arrivals = 0
     this.#refused = 0
+    this.#limitRefused = 0
     this.#completed = 0
     this.#latencySumMs = 0
 
@@ -237,6 +252,7 @@ export class AdmissionController {
       saturation: this.saturation,
       capacity: this.limiter.capacity,
       shedding: this.shedding,
+      draining: this.draining,
       retryAfterSeconds: this.retryAfter.base
     })
   }

@@ -1,30 +1,38 @@
-// Fastify glue: option resolution at registration, the per-route onRequest admission hook, permit
-// release on the raw response's 'close', the sampler timer, under-pressure wiring, metrics route.
+// Fastify glue: option resolution at registration, one global onRequest hook that decides for every
+// route of the app (declared before or after the plugin), the permits, the sampler timer, the ceilings
+// of @fastify/under-pressure, the metrics path, and the drain on close.
 
-import type { ServerResponse } from 'node:http'
+import type { Server } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import type {
-  FastifyPluginAsync, FastifyReply, FastifyRequest, HookHandlerDoneFunction,
-  onRequestHookHandler, RouteOptions
+  FastifyBaseLogger, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, HookHandlerDoneFunction,
+  RouteOptions
 } from 'fastify'
 import fp from 'fastify-plugin'
-import underPressurePlugin, { type FastifyUnderPressureOptions } from '@fastify/under-pressure'
 import {
-  AdmissionController, DEFAULT_CLASS, type AdmissionSnapshot, type RejectReason, type SheddingEvent
+  AdmissionController, DEFAULT_CLASS, type AdmissionSnapshot, type SheddingEvent
 } from './admission.js'
-import { registerMetrics, type MetricsHandle } from './metrics.js'
-import { resolveOptions, resolveRouteConfig, type AdmissionOptions, type AdmissionRouteConfig } from './options.js'
+import { registerCeilings, type Ceilings } from './ceilings.js'
+import { hooksBeforeAdmission } from './hook-order.js'
+import { registerMetrics } from './metrics.js'
+import {
+  resolveOptions, resolveRouteConfig, type AdmissionOptions, type AdmissionRouteConfig, type ResolvedRouteConfig
+} from './options.js'
+import { Permits } from './permits.js'
 import { LoopMonitor } from './signals.js'
 
 export type { AdmissionOptions, AdmissionRouteConfig, UnderPressureCeilings } from './options.js'
-export { InvalidOptionError, InvalidRouteConfigError, resolveOptions } from './options.js'
+export { InvalidOptionError, InvalidRouteConfigError, MetricsConflictError, resolveOptions } from './options.js'
 export type { AdmissionSnapshot, Mode, RejectReason } from './admission.js'
 export { AdmissionController } from './admission.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** Read-only snapshot of fastify-admission's state; each access returns a fresh frozen object. */
-    readonly admission: AdmissionSnapshot
+    /**
+     * Read-only snapshot of fastify-admission's state; each access returns a fresh frozen object.
+     * Undefined on an app that did not register the plugin.
+     */
+    readonly admission?: AdmissionSnapshot
   }
   interface FastifyContextConfig {
     /** fastify-admission settings for this route. */
@@ -48,21 +56,22 @@ const QUIET_MS = 1000
 /** At most one "shedding started" log line per this long. */
 const LOG_INTERVAL_MS = 10_000
 
-/** When the permit was taken (performance.now()); NaN once it is given back. */
-const kStart = Symbol('fastify-admission.start')
+/** The resolved `config.admission` of a route, cached on the route's own config object. */
+const kRouteConfig = Symbol('fastify-admission.route-config')
+type RouteConfigHolder = Record<PropertyKey, unknown> & { [kRouteConfig]?: ResolvedRouteConfig }
 
-interface TrackedResponse extends ServerResponse {
-  [kStart]: number
-}
-
-/** Reason of an under-pressure refusal; its event-loop checks are never enabled by this plugin. */
-function underPressureReason (type: string): RejectReason {
-  return type === 'heapUsedBytes' ? 'heap' : type === 'rssBytes' ? 'rss' : 'health'
+/**
+ * For Fastify's `disableRequestLogging` (or a log controller's `isLogDisabled`): true while this
+ * process is refusing requests, so that the per-request "incoming request" / "request completed" info
+ * lines stop while a flood of refusals would make them the main cost. Shedding start and stop are still
+ * logged (warn). Without it, every refusal still writes the one line Fastify logs before any hook runs.
+ */
+export function skipRequestLogWhileShedding (request: FastifyRequest): boolean {
+  return (request.server as FastifyInstance & { [kAdmissionController]?: AdmissionController })[kAdmissionController]?.shedding === true
 }
 
 const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmission (fastify, rawOptions) {
   const opts = resolveOptions(rawOptions)
-  const monitor = new LoopMonitor(DELAY_RESOLUTION_MS)
   const controller = new AdmissionController({
     mode: opts.mode,
     minLimit: opts.minLimit,
@@ -72,14 +81,29 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     graceMs: opts.startupGrace,
     retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
     quietMs: QUIET_MS
-  }, performance.now(), { onShedding: logShedding, recentElu: monitor.recentElu.bind(monitor) })
-  let metrics: MetricsHandle
+  }, performance.now(), { onShedding: logShedding, recentElu: () => monitor.recentElu() })
+  const permits = new Permits(controller.release.bind(controller), performance.now.bind(performance))
+  // Everything that can fail comes before the monitor and the timer start: a failed boot leaves
+  // nothing running.
+  const metrics = registerMetrics(controller, opts.metricsPrefix, opts.registry, fastify.log)
   try {
-    metrics = registerMetrics(controller, opts.metricsPrefix, opts.registry)
+    fastify.decorate(kAdmissionController, controller)
+    fastify.decorate('admission', {
+      getter () {
+        return controller.snapshot()
+      }
+    })
   } catch (err) {
-    monitor.stop()
+    metrics.unregister()
     throw err
   }
+  let ceilings: Ceilings | undefined
+  if (opts.underPressure !== false) {
+    // Registered in a child context of its own: its decorators cannot collide with an instance the app
+    // registers before or after, and its refusals go through this plugin's decision.
+    ceilings = await registerCeilings(fastify, opts.underPressure)
+  }
+
   const statusCode = opts.statusCode
   const refusalBody = JSON.stringify({
     statusCode,
@@ -87,31 +111,56 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     error: statusCode === 503 ? 'Service Unavailable' : 'Too Many Requests',
     message: 'Server is overloaded, retry later'
   })
+  // Refusals and scrapes do not write Fastify's "request completed" info line.
+  const quietLog: FastifyBaseLogger = fastify.log.child({}, { level: 'warn' })
+  const metricsPath = opts.metricsPath
 
-  function refuse (reply: FastifyReply): FastifyReply {
-    return reply
-      .code(statusCode)
-      .header('retry-after', controller.retryAfter.value())
-      .header('content-type', 'application/json; charset=utf-8')
-  }
-
-  // Released exactly once, when the raw response closes: after it is sent, or when the client aborts.
-  function admissionReleaseOnClose (this: TrackedResponse): void {
-    const start = this[kStart]
-    if (Number.isNaN(start)) return
-    this[kStart] = NaN
-    controller.release(performance.now() - start, this.writableFinished)
-  }
-
-  function admissionOnRequest (_request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-    if (controller.acquire(DEFAULT_CLASS) === 'rejected') {
-      refuse(reply).send(refusalBody)
+  function admissionOnRequest (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    const holder = request.routeOptions.config as unknown as RouteConfigHolder
+    const route = holder[kRouteConfig] ?? routeConfigOf(holder, request)
+    if (route.exempt) {
+      done()
       return
     }
-    const res = reply.raw as TrackedResponse
-    res[kStart] = performance.now()
-    res.on('close', admissionReleaseOnClose)
+    if (metricsPath !== false && request.is404 && isMetricsRequest(request)) {
+      serveMetrics(reply)
+      return
+    }
+    const outcome = controller.acquire(DEFAULT_CLASS, undefined, ceilings?.veto())
+    if (outcome === 'rejected') {
+      reply.log = quietLog
+      reply
+        .code(statusCode)
+        .header('retry-after', controller.retryAfter.value())
+        .header('content-type', 'application/json; charset=utf-8')
+      if (controller.draining) reply.header('connection', 'close')
+      reply.send(refusalBody)
+      return
+    }
+    permits.hold(request.raw, reply.raw)
     done()
+  }
+
+  // A route declared after registration is validated in onRoute (fails at boot); one declared before
+  // (an unawaited register) at its first request.
+  function routeConfigOf (holder: RouteConfigHolder, request: FastifyRequest): ResolvedRouteConfig {
+    const route = resolveRouteConfig(holder.admission, `${request.method} ${String(holder.url ?? request.url)}`)
+    holder[kRouteConfig] = route
+    return route
+  }
+
+  function isMetricsRequest (request: FastifyRequest): boolean {
+    const url = request.url
+    const query = url.indexOf('?')
+    return (query === -1 ? url : url.slice(0, query)) === metricsPath && request.method === 'GET'
+  }
+
+  function serveMetrics (reply: FastifyReply): void {
+    reply.log = quietLog
+    metrics.text().then(
+      text => reply.header('content-type', metrics.contentType).send(text),
+      err => reply.send(err)
+    )
   }
 
   let lastStartLog = -Infinity
@@ -128,60 +177,48 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     }
   }
 
+  const monitor = new LoopMonitor(DELAY_RESOLUTION_MS)
   function admissionSample (): void {
+    permits.sweep()
     controller.onWindow(monitor.read(), performance.now())
   }
   const timer = setInterval(admissionSample, opts.sampleInterval)
   timer.unref()
 
-  fastify.decorate(kAdmissionController, controller)
-  fastify.decorate('admission', {
-    getter () {
-      return controller.snapshot()
-    }
-  })
+  fastify.addHook('onRequest', admissionOnRequest)
 
   fastify.addHook('onRoute', function admissionOnRoute (route: RouteOptions) {
-    const config = resolveRouteConfig(route.config?.admission, `${String(route.method)} ${route.url}`)
-    if (config.exempt) return
-    const existing = route.onRequest
-    route.onRequest = existing === undefined
-      ? [admissionOnRequest]
-      : [admissionOnRequest as onRequestHookHandler].concat(existing)
+    resolveRouteConfig(route.config?.admission, `${String(route.method)} ${route.url}`)
   })
 
-  fastify.addHook('onClose', async function admissionOnClose () {
+  fastify.addHook('onReady', function admissionCheckHookOrder (done) {
+    const before = hooksBeforeAdmission(fastify, admissionOnRequest.name)
+    if (before.length > 0) {
+      fastify.log.warn({ hooks: before },
+        'fastify-admission: onRequest hooks run before the admission decision, so refused requests still pay for them; register fastify-admission before the plugins that add them')
+    }
+    done()
+  })
+
+  let drainTimer: NodeJS.Timeout | undefined
+  fastify.addHook('preClose', function admissionDrain (done) {
+    controller.draining = true
+    permits.closeConnectionsWhenDone()
+    // In-flight requests (and open streams) get until the deadline; then their connections close, so
+    // that close() ends even when a handler hangs or an SSE client stays.
+    const server = fastify.server as Partial<Server>
+    drainTimer = setTimeout(function admissionDrainDeadline () { server.closeAllConnections?.() }, opts.drainTimeout)
+    drainTimer.unref()
+    done()
+  })
+
+  fastify.addHook('onClose', function admissionOnClose (_instance, done) {
+    clearTimeout(drainTimer)
     clearInterval(timer)
     monitor.stop()
     metrics.unregister()
+    done()
   })
-
-  if (opts.metricsPath !== false) {
-    const registry = metrics.registry
-    fastify.get(opts.metricsPath, {
-      config: { admission: { exempt: true } },
-      logLevel: 'warn'
-    }, async function admissionMetricsRoute (_request, reply) {
-      reply.header('content-type', registry.contentType)
-      return await registry.metrics()
-    })
-  }
-
-  if (opts.underPressure !== false && !fastify.hasDecorator('memoryUsage')) {
-    // A payload returned by the pressure handler is sent by under-pressure, which then stops the request
-    // there (its typings say void; its runtime and our tests say payload). Sending it ourselves and
-    // returning nothing would let the request go on while an async onSend hook is still running.
-    function admissionPressureHandler (request: FastifyRequest, reply: FastifyReply, type: string): string | undefined {
-      if (request.routeOptions.config.admission?.exempt === true) return undefined
-      controller.refuse(underPressureReason(type))
-      refuse(reply)
-      return refusalBody
-    }
-    await fastify.register(underPressurePlugin, {
-      ...opts.underPressure,
-      pressureHandler: admissionPressureHandler as unknown as FastifyUnderPressureOptions['pressureHandler']
-    })
-  }
 }
 
 declare module 'fastify' {

@@ -21,7 +21,7 @@ export interface WindowStats {
   completed: number
   /** Sum of those requests' latencies, in milliseconds. */
   latencySumMs: number
-  /** Requests refused (or, in observe mode, that would have been) in the window. */
+  /** Requests refused by the limit (or, in observe mode, that would have been) in the window; ceilings not included. */
   rejected: number
 }
 
@@ -64,9 +64,12 @@ export class AdaptiveLimit {
   gain = 1
 
   readonly #settings: LimitSettings
+  readonly #feedback: boolean
 
-  constructor (settings: LimitSettings) {
+  /** `feedback` = false keeps the gain at 1 (observe mode: the refusals it counts are not shed). */
+  constructor (settings: LimitSettings, feedback = true) {
     this.#settings = settings
+    this.#feedback = feedback
     this.limit = settings.initialLimit
   }
 
@@ -100,7 +103,7 @@ export class AdaptiveLimit {
     }
 
     if (this.pressure && w.rejected > 0) {
-      this.gain = clamp(this.gain * (1 + BUSY_TARGET - elu), MIN_GAIN, MAX_GAIN)
+      if (this.#feedback) this.gain = clamp(this.gain * (1 + BUSY_TARGET - elu), MIN_GAIN, MAX_GAIN)
     } else if (!this.pressure) {
       this.gain += SMOOTHING * (1 - this.gain)
     }

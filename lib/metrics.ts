@@ -1,18 +1,44 @@
 // Prometheus metrics: turns controller state into prom-client metrics, computed at scrape time so the
 // hot path only increments plain integers.
 
-import { Counter, Gauge, register as globalRegistry, type Registry } from 'prom-client'
+import { Counter, Gauge, Registry, register as globalRegistry } from 'prom-client'
 import type { AdmissionController, RejectReason } from './admission.js'
+import { MetricsConflictError } from './options.js'
 
 export interface MetricsHandle {
+  /** Where this instance's metrics live. */
   readonly registry: Registry
+  /** Content type of text(). */
+  readonly contentType: string
+  /** The exposition served at the metrics path. */
+  text (): Promise<string>
   /** Remove this plugin's metrics from the registry (on close), so a new instance can register again. */
   unregister (): void
 }
 
+interface Logger {
+  info (obj: object, msg: string): void
+}
+
 type Labels = { outcome: 'admitted' } | { outcome: 'rejected' | 'would_reject', reason: RejectReason }
 
-export function registerMetrics (controller: AdmissionController, prefix: string, registry: Registry = globalRegistry): MetricsHandle {
+/**
+ * Registers the metrics in `chosen`, or in prom-client's global registry when none is chosen. A second
+ * instance in one process (a public and an admin server, an app per test) finds the global names
+ * taken: it gets a registry of its own, served together with the global one at its metrics path, so
+ * that it boots and its scrape still shows the process's other metrics. A registry chosen explicitly
+ * that already holds the names is a configuration error.
+ */
+export function registerMetrics (controller: AdmissionController, prefix: string, chosen: Registry | undefined, log: Logger): MetricsHandle {
+  const probe = prefix + 'inflight_requests'
+  let registry = chosen ?? globalRegistry
+  let alsoServe: Registry | undefined
+  if (registry.getSingleMetric(probe) !== undefined) {
+    if (chosen !== undefined) throw new MetricsConflictError(probe)
+    log.info({ metric: probe }, 'fastify-admission: the global prom-client registry already holds this plugin\'s metrics (another instance in this process); this instance uses a registry of its own, served at its metrics path')
+    registry = new Registry()
+    alsoServe = globalRegistry
+  }
   const names: string[] = []
   const registers = [registry]
 
@@ -43,6 +69,8 @@ export function registerMetrics (controller: AdmissionController, prefix: string
     () => controller.limiter.capacity)
   gauge('shedding', '1 while requests are being refused (observe mode: would be refused), else 0.',
     () => controller.shedding ? 1 : 0)
+  gauge('draining', '1 once the server is closing: new requests refused, in-flight ones finishing.',
+    () => controller.draining ? 1 : 0)
 
   const reported = new Map<string, number>()
   const series: Array<{ key: string, labels: Labels, read: () => number }> = [
@@ -60,7 +88,7 @@ export function registerMetrics (controller: AdmissionController, prefix: string
   new Counter({
     name: prefix + 'requests_total',
     help: 'Requests that asked for admission, by outcome (admitted, rejected, would_reject) and reason ' +
-      '(limit, heap, rss, health). Exempt routes are not counted.',
+      '(limit, heap, rss, health, drain). Exempt routes are not counted.',
     labelNames: ['outcome', 'reason'],
     registers,
     collect () {
@@ -77,8 +105,14 @@ export function registerMetrics (controller: AdmissionController, prefix: string
     }
   })
 
+  const own = registry
   return {
     registry,
+    contentType: registry.contentType,
+    async text () {
+      const mine = await own.metrics()
+      return alsoServe === undefined ? mine : `${await alsoServe.metrics()}\n${mine}`
+    },
     unregister () {
       for (const name of names) registry.removeSingleMetric(name)
     }

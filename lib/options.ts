@@ -13,6 +13,13 @@ export const InvalidOptionError = createError<[string, string, string]>(
   TypeError
 )
 
+export const MetricsConflictError = createError<[string]>(
+  'FST_ERR_ADMISSION_METRICS_CONFLICT',
+  'fastify-admission: the registry passed as "registry" already holds metrics named %s (another instance of the plugin?); give each instance its own registry or metricsPrefix',
+  500,
+  Error
+)
+
 export const InvalidRouteConfigError = createError<[string, string, string, string]>(
   'FST_ERR_ADMISSION_INVALID_ROUTE_CONFIG',
   'fastify-admission: invalid config.admission.%s on route %s: expected %s, received %s',
@@ -68,6 +75,12 @@ export interface AdmissionOptions {
    */
   headroom?: number
   /**
+   * On `app.close()`, how long requests in flight (and open streams) may take to finish before their
+   * connections are closed, milliseconds. New requests are refused from the start of the close.
+   * @defaultValue 10000
+   */
+  drainTimeout?: number
+  /**
    * Smallest Retry-After advertised, whole seconds.
    * @defaultValue 1
    */
@@ -83,19 +96,22 @@ export interface AdmissionOptions {
    */
   registry?: Registry
   /**
-   * Prefix of every metric name.
+   * Prefix of every metric name (two instances in one process sharing a registry need different ones).
    * @defaultValue 'fastify_admission_'
    */
   metricsPrefix?: string
   /**
-   * Path of the Prometheus route serving `registry`, or `false` when the application exposes metrics
-   * itself. The route is exempt from admission.
+   * Path at which `registry` is served for Prometheus (GET), or `false` when the application exposes
+   * metrics itself. Served only when no route of the application matches the path (an app's or
+   * another plugin's own `/metrics` wins); never refused, never counted.
    * @defaultValue '/metrics'
    */
   metricsPath?: string | false
   /**
-   * @fastify/under-pressure ceilings (heap, RSS, custom health check), or `false` not to register it.
-   * It is not registered when the application already did. Its refusals take this plugin's reply.
+   * @fastify/under-pressure ceilings (heap, RSS, custom health check). under-pressure is registered,
+   * in a context of its own, only when one is set, so an app's own instance (before or after) is
+   * unaffected. Its verdict goes through this plugin's decision: same reply, counted by reason, and
+   * nothing refused in observe mode. `false` is the same as none.
    * @defaultValue {}
    */
   underPressure?: UnderPressureCeilings | false
@@ -115,6 +131,7 @@ export interface ResolvedOptions {
   readonly statusCode: 503 | 429
   readonly sampleInterval: number
   readonly startupGrace: number
+  readonly drainTimeout: number
   readonly initialLimit: number
   readonly minLimit: number
   readonly maxLimit: number
@@ -128,7 +145,7 @@ export interface ResolvedOptions {
 }
 
 const KNOWN = new Set<string>([
-  'mode', 'statusCode', 'sampleInterval', 'startupGrace', 'initialLimit', 'minLimit', 'maxLimit',
+  'mode', 'statusCode', 'sampleInterval', 'startupGrace', 'drainTimeout', 'initialLimit', 'minLimit', 'maxLimit',
   'headroom', 'retryAfterMin', 'retryAfterMax', 'registry', 'metricsPrefix', 'metricsPath', 'underPressure'
 ])
 const UNDER_PRESSURE_KNOWN = new Set<string>([
@@ -213,6 +230,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   const statusCode = oneOf<503 | 429>(opts, 'statusCode', [503, 429])
   const sampleInterval = integer(opts, 'sampleInterval', 100, 10, 10_000)
   const startupGrace = integer(opts, 'startupGrace', 1000, 0, 600_000)
+  const drainTimeout = integer(opts, 'drainTimeout', 10_000, 0, 3_600_000)
   const minLimit = integer(opts, 'minLimit', 2, 1, 1_000_000)
   const maxLimit = integer(opts, 'maxLimit', 10_000, 1, 1_000_000)
   if (maxLimit < minLimit) {
@@ -245,6 +263,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     statusCode,
     sampleInterval,
     startupGrace,
+    drainTimeout,
     initialLimit,
     minLimit,
     maxLimit,
@@ -258,8 +277,10 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   })
 }
 
+export type ResolvedRouteConfig = Readonly<Required<AdmissionRouteConfig>>
+
 /** Validate one route's `config.admission`; `route` names the route in the error. */
-export function resolveRouteConfig (input: unknown, route: string): Readonly<Required<AdmissionRouteConfig>> {
+export function resolveRouteConfig (input: unknown, route: string): ResolvedRouteConfig {
   if (input === undefined) return NOT_EXEMPT
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
     throw new InvalidRouteConfigError('', route, 'an object', show(input))

@@ -30,14 +30,14 @@ t.test('clients that abort mid-handler give their permits back, exactly once', a
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
   const sockets = Array.from({ length: 20 }, () => send(port, 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\n'))
-  await until(() => app.admission.inflight === 20, '20 requests in flight')
+  await until(() => app.admission?.inflight === 20, '20 requests in flight')
   for (const s of sockets) s.destroy()
-  await until(() => app.admission.inflight === 0, 'in-flight back to 0 after the aborts')
+  await until(() => app.admission?.inflight === 0, 'in-flight back to 0 after the aborts')
   // The handlers still finish afterwards and write to closed sockets: no second release.
   g.open()
   await until(() => finished === 20, 'handlers to finish')
   await new Promise(resolve => setTimeout(resolve, 50))
-  t.equal(app.admission.inflight, 0)
+  t.equal(app.admission?.inflight, 0)
   t.equal(controller.totals.admitted, 20)
 })
 
@@ -61,7 +61,7 @@ t.test('malformed requests and aborts before the hook take no permit', async t =
   send(port, 'GET / HTTP/1.1\r\nHo').destroy()
   const ok = await fetch(`http://127.0.0.1:${port}/`)
   t.equal(ok.status, 200)
-  await until(() => app.admission.inflight === 0, 'in-flight 0')
+  await until(() => app.admission?.inflight === 0, 'in-flight 0')
   t.equal(controller.totals.admitted, 1)
 })
 
@@ -79,6 +79,6 @@ t.test('keep-alive: many requests on one connection, each released', async t => 
     })
   })
   s.destroy()
-  await until(() => app.admission.inflight === 0, 'in-flight 0')
+  await until(() => app.admission?.inflight === 0, 'in-flight 0')
   t.pass('50 pipelined requests answered and released')
 })

@@ -63,9 +63,9 @@ t.test('observe mode: over the limit is let through and counted as would-reject'
 
 t.test('refusals decided elsewhere are counted by reason and take no permit', async t => {
   const c = controller()
-  c.refuse('heap')
-  c.refuse('health')
-  c.refuse('health')
+  t.equal(c.acquire(DEFAULT_CLASS, undefined, 'heap'), 'rejected')
+  c.acquire(DEFAULT_CLASS, undefined, 'health')
+  c.acquire(DEFAULT_CLASS, undefined, 'health')
   t.equal(c.inflight, 0)
   t.equal(c.totals.rejected.heap, 1)
   t.equal(c.totals.rejected.health, 2)

@@ -96,14 +96,14 @@ t.test('default: the global prom-client registry', async t => {
   t.equal(globalRegistry.getSingleMetric('fastify_admission_concurrency_limit'), undefined)
 })
 
-t.test('two instances on one registry: the second fails at boot with prom-client\'s message', async t => {
+t.test('two instances on one explicit registry: the second fails at boot with a coded error', async t => {
   const registry = new Registry()
   const { app } = await build(t, { registry })
   await app.ready()
   const other = Fastify()
   t.teardown(() => other.close())
   other.register(admission, { registry })
-  await t.rejects(async () => { await other.ready() }, /already been registered/)
+  await t.rejects(async () => { await other.ready() }, { code: 'FST_ERR_ADMISSION_METRICS_CONFLICT', message: /fastify_admission_inflight_requests.*metricsPrefix/ })
 })
 
 t.test('a non-finite reading is exported as 0, never NaN', async t => {

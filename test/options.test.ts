@@ -11,6 +11,7 @@ t.test('defaults: every option filled in, frozen', async t => {
     statusCode: 503,
     sampleInterval: 100,
     startupGrace: 1000,
+    drainTimeout: 10000,
     initialLimit: 50,
     minLimit: 2,
     maxLimit: 10000,

@@ -2,7 +2,8 @@ import t from 'tap'
 import Fastify from 'fastify'
 import { Registry } from 'prom-client'
 import admission, { admission as named, kAdmissionController, OVERLOADED_CODE } from '../lib/index.js'
-import { build, gate, saturate, turns } from './helpers/app.js'
+import { build, gate, saturate, snapshot, turns } from './helpers/app.js'
+import { DEFAULT_CLASS } from '../lib/admission.js'
 
 t.test('exports: default and named are the same fastify-plugin wrapped plugin', async t => {
   t.equal(admission, named)
@@ -19,7 +20,7 @@ t.test('admitted path: the handler runs and the permit comes back', async t => {
   t.same(res.json(), { hello: 'world' })
   t.equal(res.headers['retry-after'], undefined)
   await turns()
-  t.equal(app.admission.inflight, 0)
+  t.equal(app.admission?.inflight, 0)
 })
 
 t.test('over the limit under pressure: 503 at once, Retry-After, JSON body, handler not run', async t => {
@@ -31,7 +32,7 @@ t.test('over the limit under pressure: 503 at once, Retry-After, JSON body, hand
   saturate(controller)
   const first = app.inject('/slow')
   await turns(10)
-  t.equal(app.admission.inflight, 1)
+  t.equal(app.admission?.inflight, 1)
   const refused = await app.inject('/slow')
   t.equal(refused.statusCode, 503)
   t.match(refused.headers['retry-after'], /^[12]$/)
@@ -46,7 +47,7 @@ t.test('over the limit under pressure: 503 at once, Retry-After, JSON body, hand
   g.open()
   t.equal((await first).statusCode, 200)
   await turns()
-  t.equal(app.admission.inflight, 0)
+  t.equal(app.admission?.inflight, 0)
   t.equal((await app.inject('/slow')).statusCode, 200, 'admitted again once the permit is back')
 })
 
@@ -99,7 +100,8 @@ t.test('shedding logs are rate-limited: a new episode within 10 s is not logged 
   await app.ready()
   const c = app[kAdmissionController]
   const episode = (at: number): void => {
-    c.refuse('health')
+    c.acquire(DEFAULT_CLASS, undefined, 'health')
+    c.release(0, false)
     c.onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, at)
     c.onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, at + 1500)
   }
@@ -127,7 +129,7 @@ t.test('exempt routes answer during overload and are not counted', async t => {
   t.equal((await app.inject('/metrics')).statusCode, 200, 'the metrics route is exempt')
   t.equal((await app.inject('/explicit')).statusCode, 503)
   t.equal((await app.inject('/other')).statusCode, 503)
-  t.equal(app.admission.inflight, 1)
+  t.equal(app.admission?.inflight, 1)
   g.open()
   await first
   t.equal(controller.totals.admitted, 1)
@@ -162,7 +164,7 @@ t.test('observe mode: nothing refused, would-be refusals counted', async t => {
   saturate(controller)
   const pending = [app.inject('/slow'), app.inject('/slow'), app.inject('/slow')]
   await turns(10)
-  t.equal(app.admission.inflight, 3)
+  t.equal(app.admission?.inflight, 3)
   g.open()
   for (const res of await Promise.all(pending)) t.equal(res.statusCode, 200)
   const text = await registry.metrics()
@@ -174,13 +176,13 @@ t.test('observe mode: nothing refused, would-be refusals counted', async t => {
 t.test('decorator: a fresh frozen snapshot on each access', async t => {
   const { app } = await build(t, { initialLimit: 7 })
   await app.ready()
-  const a = app.admission
+  const a = snapshot(app)
   t.ok(Object.isFrozen(a))
   t.not(a, app.admission)
   t.same(Object.keys(a).sort(), [
     'capacity', 'eventLoopDelaySeconds', 'eventLoopUtilization', 'inflight', 'limit', 'mode',
-    'retryAfterSeconds', 'saturation', 'shedding'
-  ])
+    'draining', 'retryAfterSeconds', 'saturation', 'shedding'
+  ].sort())
   t.equal(a.limit, 7)
   t.equal(a.mode, 'enforce')
   t.equal(a.shedding, false)
@@ -195,7 +197,7 @@ t.test('the sampler runs on its timer and keeps every reading finite', async t =
   await app.ready()
   for (let i = 0; i < 20; i++) await app.inject('/')
   await new Promise(resolve => setTimeout(resolve, 60))
-  const snap = app.admission
+  const snap = snapshot(app)
   for (const key of ['limit', 'inflight', 'eventLoopUtilization', 'eventLoopDelaySeconds', 'saturation', 'capacity', 'retryAfterSeconds'] as const) {
     t.ok(Number.isFinite(snap[key]), `${key} is finite`)
   }
@@ -222,14 +224,14 @@ t.test('release is idempotent: a second close event gives nothing back twice', a
   app.get('/', { onResponse: async (_request, reply) => { reply.raw.emit('close') } }, async () => 'ok')
   const holding = app.inject('/hold')
   await turns(10)
-  t.equal(app.admission.inflight, 1)
+  t.equal(app.admission?.inflight, 1)
   t.equal((await app.inject('/')).statusCode, 200)
   await turns()
-  t.equal(app.admission.inflight, 1, 'only the held permit is still out')
+  t.equal(app.admission?.inflight, 1, 'only the held permit is still out')
   other.open()
   await holding
   await turns()
-  t.equal(app.admission.inflight, 0)
+  t.equal(app.admission?.inflight, 0)
 })
 
 function burn (ms: number): void {

@@ -50,21 +50,51 @@ t.test('a refusal stops the request even when an async onSend hook delays the re
   t.equal(calls, 0, 'the handler never ran')
 })
 
-t.test('an app that registered under-pressure itself keeps its own; ours is not added again', async t => {
+t.test('an app that registered under-pressure itself keeps its own; ours runs beside it', async t => {
   const app = Fastify()
   t.teardown(() => app.close())
   await app.register(underPressure, { maxHeapUsedBytes: 1e12 })
-  await app.register(admission, { registry: new Registry(), underPressure: { maxHeapUsedBytes: 1 } })
+  await app.register(admission, { registry: new Registry(), underPressure: { maxHeapUsedBytes: 1e12 } })
   app.get('/', async () => 'ok')
   await app.ready()
-  t.equal((await app.inject('/')).statusCode, 200, 'the app\'s own generous ceiling applies')
+  t.equal((await app.inject('/')).statusCode, 200)
+  t.equal(typeof app.memoryUsage, 'function', 'the app\'s own decorators are untouched')
 })
 
-t.test('underPressure: false does not register it', async t => {
-  const { app } = await build(t, { underPressure: false })
+t.test('regression: under-pressure registered after this plugin crashed the boot (FST_ERR_DEC_ALREADY_PRESENT)', async t => {
+  for (const ours of [undefined, { maxHeapUsedBytes: 1e12 }]) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    app.register(admission, { registry: new Registry(), underPressure: ours })
+    app.register(underPressure, { maxHeapUsedBytes: 1e12, exposeStatusRoute: true })
+    app.get('/', async () => 'ok')
+    await app.ready()
+    t.equal((await app.inject('/')).statusCode, 200, `ours: ${JSON.stringify(ours)}`)
+    t.equal((await app.inject('/status')).statusCode, 200, 'the app\'s own status route works')
+  }
+})
+
+t.test('under-pressure is registered only when a ceiling is asked for', async t => {
+  for (const [underPressure, registered] of [[false, false], [undefined, false], [{}, false], [{ sampleInterval: 50 }, false],
+    [{ maxRssBytes: 1e12 }, true], [{ healthCheck: async () => true, healthCheckInterval: 1000 }, true]] as const) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(admission, { registry: new Registry(), underPressure })
+    await app.ready()
+    t.equal(app.printPlugins().includes('under-pressure'), registered, JSON.stringify(underPressure))
+    t.equal(app.hasDecorator('memoryUsage'), false, 'never decorates the app itself')
+  }
+})
+
+t.test('regression: observe mode refused on under-pressure ceilings; now it counts would_reject and lets through', async t => {
+  let calls = 0
+  const { app, registry, controller } = await build(t, { mode: 'observe', underPressure: { healthCheck: async () => false, healthCheckInterval: 60_000 } })
+  app.get('/', async () => { calls++; return 'ok' })
   await app.ready()
-  t.equal(app.hasDecorator('memoryUsage'), false)
-  const { app: other } = await build(t)
-  await other.ready()
-  t.equal(other.hasDecorator('memoryUsage'), true, 'registered by default')
+  t.equal((await app.inject('/')).statusCode, 200)
+  t.equal(calls, 1)
+  t.equal(controller.totals.observed.health, 1)
+  t.equal(controller.totals.rejected.health, 0)
+  t.match(await registry.metrics(), /requests_total\{outcome="would_reject",reason="health"\} 1/)
+  t.equal(controller.inflight, 0)
 })

@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Registry } from 'prom-client'
-import admission, { kAdmissionController, type AdmissionOptions } from '../../lib/index.js'
+import admission, { kAdmissionController, type AdmissionOptions, type AdmissionSnapshot } from '../../lib/index.js'
 import type { AdmissionController } from '../../lib/admission.js'
 
 export interface Gate {
@@ -38,4 +38,11 @@ export function turns (n = 3): Promise<void> {
     const step = (left: number): void => { left === 0 ? resolve() : setImmediate(step, left - 1) }
     step(n)
   })
+}
+
+/** The plugin's snapshot; throws when the app did not register the plugin. */
+export function snapshot (app: FastifyInstance): AdmissionSnapshot {
+  const snap = app.admission
+  if (snap === undefined) throw new Error('fastify-admission is not registered on this app')
+  return snap
 }

@@ -1,0 +1,89 @@
+// Permits held by admitted requests, tied to Node's HTTP objects (no Fastify): each one is given back
+// exactly once, whatever happens to the request. Node tells us about most endings with the response's
+// 'close' event; the cases it does not tell are checked at hold time and by sweep():
+//   - the client left before admission (an earlier async hook was still awaiting): 'close' has already
+//     fired and never fires again, so the state is checked when the permit is taken;
+//   - a pipelined request queued behind another on a connection that died: its response never gets the
+//     socket and never closes; sweep() finds it by its request's socket;
+//   - a long-lived response (SSE, a streamed body, a hijacked reply writing to the raw response) is not
+//     work in progress once its headers are out: sweep() gives its permit back then;
+//   - a websocket (or any) upgrade: the permit is given back at once, the socket leaves HTTP.
+
+import type { IncomingMessage, ServerResponse } from 'node:http'
+
+/** When the permit was taken (the clock's milliseconds). */
+const kStart = Symbol('fastify-admission.start')
+
+interface Held extends ServerResponse {
+  [kStart]: number
+}
+
+/**
+ * Told once per permit. `latencyMs` from admission to the end; `finished` = the response was sent in
+ * full (a sample of the request's cost), false for aborts, streams and upgrades.
+ */
+export type ReleaseFn = (latencyMs: number, finished: boolean) => void
+
+export class Permits {
+  readonly #held = new Set<Held>()
+  readonly #release: ReleaseFn
+  readonly #now: () => number
+  readonly #onClose: (this: Held) => void
+
+  constructor (release: ReleaseFn, now: () => number) {
+    this.#release = release
+    this.#now = now
+    const permits = this
+    // One listener shared by every response: no closure per request.
+    this.#onClose = function admissionReleaseOnClose (this: Held): void {
+      permits.#give(this, this.writableFinished)
+    }
+  }
+
+  /** Permits currently held. */
+  get size (): number {
+    return this.#held.size
+  }
+
+  /** Hold a permit (already counted by the decision) until the response ends. */
+  hold (req: IncomingMessage, res: ServerResponse): void {
+    if ((req as IncomingMessage & { upgrade?: boolean }).upgrade === true || res.destroyed || req.socket?.destroyed === true) {
+      // An upgrade leaves HTTP at once; a client already gone will never make 'close' fire again.
+      this.#release(0, false)
+      return
+    }
+    const held = res as Held
+    held[kStart] = this.#now()
+    this.#held.add(held)
+    held.on('close', this.#onClose)
+  }
+
+  /**
+   * Give back the permits whose end Node does not report: responses streaming with their headers out
+   * (established, no longer work in progress), responses destroyed without 'close' reaching us, and
+   * pipelined responses still queued on a connection that died. Cost: one pass over the held permits,
+   * called once per sampling window.
+   */
+  sweep (): void {
+    for (const res of this.#held) {
+      if (res.headersSent ? !res.writableEnded : res.socket === null && res.req?.socket?.destroyed === true) {
+        this.#give(res, false)
+      } else if (res.destroyed) {
+        this.#give(res, res.writableFinished)
+      }
+    }
+  }
+
+  /** Mark every response still unsent to close its connection when done (the server is draining). */
+  closeConnectionsWhenDone (): void {
+    for (const res of this.#held) {
+      if (!res.headersSent) res.setHeader('connection', 'close')
+    }
+  }
+
+  #give (res: Held, finished: boolean): void {
+    if (!this.#held.delete(res)) return
+    res.removeListener('close', this.#onClose)
+    this.#release(this.#now() - res[kStart], finished)
+  }
+}
