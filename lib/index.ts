@@ -2,7 +2,7 @@
 // route of the app (declared before or after the plugin), the permits, the sampler timer, the ceilings
 // of @fastify/under-pressure, the metrics path, and the drain on close.
 
-import type { Server } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import type {
   FastifyBaseLogger, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, HookHandlerDoneFunction,
@@ -70,6 +70,10 @@ export function skipRequestLogWhileShedding (request: FastifyRequest): boolean {
   return (request.server as FastifyInstance & { [kAdmissionController]?: AdmissionController })[kAdmissionController]?.shedding === true
 }
 
+function closeSocketOfResponse (this: ServerResponse): void {
+  this.req.socket.destroy()
+}
+
 const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmission (fastify, rawOptions) {
   const opts = resolveOptions(rawOptions)
   const controller = new AdmissionController({
@@ -134,6 +138,12 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
         .header('retry-after', controller.retryAfter.value())
         .header('content-type', 'application/json; charset=utf-8')
       if (controller.draining) reply.header('connection', 'close')
+      if ((request.raw as IncomingMessage & { upgrade?: boolean }).upgrade === true) {
+        // A refused upgrade: nothing else owns this socket (the websocket plugin's own hooks may not have
+        // run), so it is closed once the refusal is out.
+        reply.header('connection', 'close')
+        reply.raw.once('finish', closeSocketOfResponse)
+      }
       reply.send(refusalBody)
       return
     }
