@@ -172,3 +172,64 @@ t.test('a sudden overload is met before the window closes: the recent ELU is ask
   nan.acquire(DEFAULT_CLASS)
   t.equal(nan.acquire(DEFAULT_CLASS), 'admitted', 'a NaN reading never refuses')
 })
+
+/** A window in which `n` requests of 10 ms finished, with the given ELU. */
+function learn (c: AdmissionController, elu: number, at: number, n = 20): void {
+  for (let i = 0; i < n; i++) c.acquire(DEFAULT_CLASS)
+  for (let i = 0; i < n; i++) c.release(10, true)
+  c.onWindow({ durationMs: 100, elu, delayP99Ms: 0 }, at)
+}
+
+t.test('regression: heap/RSS/health refusals kept pressure on and pushed the gain to its maximum', async t => {
+  const c = controller()
+  learn(c, 0.5, 100)
+  const limitBefore = c.limit
+  // A failing health check refuses everything for 3 s while the CPU idles.
+  for (let w = 1; w <= 30; w++) {
+    for (let i = 0; i < 50; i++) c.acquire(DEFAULT_CLASS, undefined, 'health')
+    c.onWindow({ durationMs: 100, elu: w === 1 ? 0.95 : 0.8, delayP99Ms: 0 }, 100 + w * 100)
+  }
+  t.equal(c.limiter.gain, 1, 'the gain did not move')
+  t.equal(c.limiter.pressure, false, 'ceiling refusals do not hold pressure')
+  t.equal(c.limit, limitBefore)
+  t.equal(c.totals.rejected.health, 1500)
+  t.equal(c.totals.rejected.limit, 0)
+  t.equal(c.shedding, true, 'still an episode: clients are being refused')
+})
+
+t.test('regression: in observe mode the gain collapsed to its floor and would_reject overstated enforce', async t => {
+  const c = controller({ mode: 'observe' })
+  learn(c, 0.5, 100)
+  const model = c.limit
+  for (let w = 1; w <= 30; w++) {
+    // Overload that observe lets through: the loop stays pinned at 1.
+    for (let i = 0; i < model + 10; i++) c.acquire(DEFAULT_CLASS)
+    for (let i = 0; i < model + 10; i++) c.release(10, true)
+    c.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 50 }, 100 + w * 100)
+  }
+  t.equal(c.limiter.gain, 1, 'observe predicts with the model limit')
+  t.ok(c.totals.observed.limit > 0)
+  const enforce = controller()
+  learn(enforce, 0.5, 100)
+  for (let w = 1; w <= 30; w++) {
+    for (let i = 0; i < enforce.limit + 10; i++) enforce.acquire(DEFAULT_CLASS)
+    enforce.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 50 }, 100 + w * 100)
+    while (enforce.inflight > 0) enforce.release(10, true)
+  }
+  t.ok(enforce.limiter.gain < 1, 'enforce does apply feedback')
+})
+
+t.test('draining: every request refused with reason drain; observe mode counts it and lets it through', async t => {
+  const c = controller()
+  c.draining = true
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected')
+  t.equal(c.totals.rejected.drain, 1)
+  t.equal(c.snapshot().draining, true)
+  const o = controller({ mode: 'observe' })
+  o.draining = true
+  t.equal(o.acquire(DEFAULT_CLASS), 'observed')
+  t.equal(o.totals.observed.drain, 1)
+  t.equal(o.inflight, 1)
+  t.equal(o.acquire(DEFAULT_CLASS, undefined, 'heap'), 'observed', 'a veto given explicitly wins')
+  t.equal(o.totals.observed.heap, 1)
+})
