@@ -75,10 +75,9 @@ t.test('close with Fastify\'s default return503OnClosing: its own 503 answers fi
   const c = connect(port)
   c.socket.write('GET /slow HTTP/1.1\r\nHost: x\r\n\r\n')
   await until(() => snapshot(app).inflight === 1, 'in flight')
-  const closing = app.close()
-  await until(() => snapshot(app).draining, 'draining')
   let closed = false
-  void closing.then(() => { closed = true })
+  const closing = app.close().then(() => { closed = true })
+  await until(() => snapshot(app).draining, 'draining')
   await new Promise(resolve => setTimeout(resolve, 50))
   t.equal(closed, false, 'close waits for the request in flight')
   open()
