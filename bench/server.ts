@@ -6,8 +6,10 @@
 // Routes:
 //   GET /work?cpu=1&io=20&cpu2=<cpu>  busy-loop cpu ms, await io ms (a simulated database), busy-loop cpu2 ms
 //   GET /hello                        {"hello":"world"}, no work
-// Every 100 ms a JSON line with in-flight, event-loop utilization (interval), loop delay and, for the
-// admission contender, the plugin's snapshot is written to stdout (or to --series FILE).
+// Every 100 ms a JSON line with in-flight, event-loop utilization (interval), loop delay, memory and, for
+// the admission contender, the plugin's snapshot is written to stdout (or to --series FILE).
+// BENCH_AUTH_MS=n adds an app-level async onRequest hook that awaits n ms (an auth/session lookup),
+// registered after the contender's plugin as an application would.
 import { createWriteStream } from 'node:fs'
 import { monitorEventLoopDelay, performance, type EventLoopUtilization } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -43,6 +45,9 @@ export interface SeriesPoint {
   /** event-loop delay over the last interval, ms */
   delayP99: number
   delayMax: number
+  /** resident set size and V8 heap in use, bytes */
+  rss?: number
+  heapUsed?: number
   /** admission contender only */
   limit?: number
   admInflight?: number
@@ -128,6 +133,10 @@ export async function buildServer (contender: Contender): Promise<FastifyInstanc
       await app.register(await loadAdmission(), JSON.parse(process.env.BENCH_ADMISSION_OPTIONS ?? '{}'))
       break
   }
+  const authMs = numberParam(process.env.BENCH_AUTH_MS, 0)
+  if (authMs > 0) {
+    app.addHook('onRequest', async function authLikeHook () { await sleep(authMs) })
+  }
   app.get('/work', workHandler)
   app.get('/hello', helloHandler)
   return app
@@ -154,13 +163,16 @@ export function startSeries (app: FastifyInstance, write: (line: string) => void
     const now = performance.eventLoopUtilization()
     const elu = performance.eventLoopUtilization(now, last).utilization
     last = now
+    const mem = process.memoryUsage()
     const point: SeriesPoint = {
       t: Math.round((performance.timeOrigin + performance.now()) * 10) / 10,
       inflight,
       inflightMax: peak,
       elu: Math.round(elu * 1000) / 1000,
       delayP99: hist.count > 0 ? Math.round(hist.percentile(99) / 1e4) / 100 : 0,
-      delayMax: hist.count > 0 ? Math.round(hist.max / 1e4) / 100 : 0
+      delayMax: hist.count > 0 ? Math.round(hist.max / 1e4) / 100 : 0,
+      rss: mem.rss,
+      heapUsed: mem.heapUsed
     }
     hist.reset()
     peak = inflight
