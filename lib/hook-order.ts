@@ -20,13 +20,12 @@ export function hooksBeforeAdmission (fastify: FastifyInstance, hookName: string
   for (const line of tree.split('\n')) {
     const match = ON_REQUEST_LINE.exec(line)
     if (match === null) continue
-    let names: unknown
+    let names: unknown[]
     try {
       names = JSON.parse(match[1] as string)
     } catch {
       continue
     }
-    if (!Array.isArray(names)) continue
     const at = names.indexOf(ours)
     for (let i = 0; i < at; i++) before.add(String(names[i]))
   }

@@ -40,11 +40,6 @@ export class Permits {
     }
   }
 
-  /** Permits currently held. */
-  get size (): number {
-    return this.#held.size
-  }
-
   /** Hold a permit (already counted by the decision) until the response ends. */
   hold (req: IncomingMessage, res: ServerResponse): void {
     if ((req as IncomingMessage & { upgrade?: boolean }).upgrade === true || res.destroyed || req.socket?.destroyed === true) {
@@ -60,16 +55,14 @@ export class Permits {
 
   /**
    * Give back the permits whose end Node does not report: responses streaming with their headers out
-   * (established, no longer work in progress), responses destroyed without 'close' reaching us, and
-   * pipelined responses still queued on a connection that died. Cost: one pass over the held permits,
+   * (established, no longer work in progress) and pipelined responses still queued on a connection
+   * that died. Cost: one pass over the held permits,
    * called once per sampling window.
    */
   sweep (): void {
     for (const res of this.#held) {
       if (res.headersSent ? !res.writableEnded : res.socket === null && res.req?.socket?.destroyed === true) {
         this.#give(res, false)
-      } else if (res.destroyed) {
-        this.#give(res, res.writableFinished)
       }
     }
   }
@@ -83,7 +76,6 @@ export class Permits {
 
   #give (res: Held, finished: boolean): void {
     if (!this.#held.delete(res)) return
-    res.removeListener('close', this.#onClose)
     this.#release(this.#now() - res[kStart], finished)
   }
 }

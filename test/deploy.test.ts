@@ -73,8 +73,8 @@ t.test('hooks added before the plugin are named in one warning at boot', async t
 t.test('hook-order check: unreadable route listings are ignored, never fatal', async t => {
   const fake = (print: () => string): FastifyInstance => ({ printRoutes: print }) as unknown as FastifyInstance
   t.same(hooksBeforeAdmission(fake(() => { throw new Error('no') }), 'mine'), [])
-  t.same(hooksBeforeAdmission(fake(() => '• (onRequest) [not json]\n• (onRequest) {"a":1}\n'), 'mine'), [])
-  t.same(hooksBeforeAdmission(fake(() => '• (onRequest) ["a()","mine()"]\n• (onRequest) ["mine()","b()"]\n• (onRequest) ["c()"]'), 'mine'), ['a()'])
+  t.same(hooksBeforeAdmission(fake(() => '- (onRequest) [not json]\n- (onRequest) {"a":1}\n'), 'mine'), [])
+  t.same(hooksBeforeAdmission(fake(() => '- (onRequest) ["a()","mine()"]\n- (onRequest) ["mine()","b()"]\n- (onRequest) ["c()"]'), 'mine'), ['a()'])
 })
 
 t.test('regression: a second Fastify instance with default options failed to boot (metric already registered)', async t => {
