@@ -3,7 +3,7 @@ import Fastify from 'fastify'
 import { Registry } from 'prom-client'
 import admission, {
   admission as named, kAdmissionController, type AdmissionController, type AdmissionOptions,
-  type AdmissionRouteConfig, type AdmissionSnapshot, type Mode
+  type AdmissionRouteConfig, type AdmissionSnapshot, type Mode, skipRequestLogWhileShedding
 } from 'fastify-admission'
 
 const app = Fastify()
@@ -16,6 +16,7 @@ test('register with no options, or with every option', () => {
     statusCode: 429,
     sampleInterval: 50,
     startupGrace: 0,
+    drainTimeout: 5000,
     initialLimit: 20,
     minLimit: 1,
     maxLimit: 500,
@@ -37,17 +38,27 @@ test('bad options do not compile', () => {
   expect(app.register(admission, { metricsPath: true })).type.toRaiseError()
   expect(app.register(admission, { registry: {} })).type.toRaiseError()
   expect(app.register(admission, { underPressure: { maxEventLoopDelay: 100 } })).type.toRaiseError()
+  expect(app.register(admission, { drainTimeout: '10s' })).type.toRaiseError()
   expect<AdmissionOptions>().type.not.toBeAssignableFrom({ limit: 5 })
 })
 
-test('the decorator is a read-only snapshot', () => {
-  expect(app.admission).type.toBe<AdmissionSnapshot>()
-  expect(app.admission.limit).type.toBe<number>()
-  expect(app.admission.mode).type.toBe<Mode>()
-  expect(app.admission.shedding).type.toBe<boolean>()
-  expect(app.admission.saturation).type.toBe<number>()
+test('the decorator is a read-only snapshot, possibly absent (an app that did not register the plugin)', () => {
+  expect(app.admission).type.toBe<AdmissionSnapshot | undefined>()
+  expect(app.admission.limit).type.toRaiseError("'app.admission' is possibly 'undefined'")
+  expect(app.admission?.limit).type.toBe<number | undefined>()
+  const snap = app.admission
+  if (snap !== undefined) {
+    expect(snap.mode).type.toBe<Mode>()
+    expect(snap.shedding).type.toBe<boolean>()
+    expect(snap.draining).type.toBe<boolean>()
+    expect(snap.saturation).type.toBe<number>()
+    expect(() => { snap.limit = 5 }).type.toRaiseError("Cannot assign to 'limit' because it is a read-only property")
+  }
   expect(app[kAdmissionController]).type.toBe<AdmissionController>()
-  expect(() => { app.admission.limit = 5 }).type.toRaiseError("Cannot assign to 'limit' because it is a read-only property")
+})
+
+test('skipRequestLogWhileShedding fits Fastify\'s disableRequestLogging', () => {
+  expect(Fastify({ disableRequestLogging: skipRequestLogWhileShedding })).type.not.toRaiseError()
 })
 
 test('per-route config.admission', () => {
