@@ -61,7 +61,9 @@ export class Permits {
    */
   sweep (): void {
     for (const res of this.#held) {
-      if (res.headersSent ? !res.writableEnded : res.socket === null && res.req?.socket?.destroyed === true) {
+      // Queued behind another response on a dead connection (ended or not, it never gets the socket and
+      // never closes), or streaming with its headers out.
+      if ((res.socket === null && res.req?.socket?.destroyed === true) || (res.headersSent && !res.writableEnded)) {
         this.#give(res, false)
       }
     }
