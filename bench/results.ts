@@ -1,4 +1,6 @@
-// Shape of bench/results/<date>.json.
+// Shape of bench/results/<date>.json, and what every run records about itself.
+import { spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import type { CapacityResult, HelloResult, LoadResult, StepResult, SweepPoint } from './scenarios.js'
 
 export interface BenchResults {
@@ -19,4 +21,19 @@ export interface BenchResults {
   bimodal?: { routes: Array<{ name: string, path: string, weight: number, cpuMs: number }>, mult: number, results: Record<string, LoadResult> }
   hello?: HelloResult
   notes: string[]
+}
+
+/** Commit of lib/ and whether it had uncommitted changes when the run started. */
+export function gitState (): string {
+  const root = fileURLToPath(new URL('..', import.meta.url))
+  const head = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' })
+  if (head.status !== 0) return 'unknown'
+  const dirty = spawnSync('git', ['status', '--porcelain', '--', 'lib'], { cwd: root, encoding: 'utf8' })
+  return `${head.stdout.trim()}${dirty.stdout.trim().length > 0 ? ' + uncommitted changes' : ''}`
+}
+
+/** Local date as YYYY-MM-DD, for result file names. */
+export function isoDate (): string {
+  const d = new Date()
+  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`
 }

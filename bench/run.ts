@@ -5,7 +5,6 @@
 // The runner (and its load generator) pins itself to CPU 1; every server under
 // test runs alone on CPU 0. Results: bench/results/<date>[-quick].json|html and
 // bench/results/latest[-quick].json|html.
-import { spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { performance } from 'node:perf_hooks'
@@ -13,7 +12,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { goodputChart, renderHtml } from './html.js'
 import { commandExists, foreignLoad, hasTaskset, installExitHandlers, killAllChildren, pinSelf, prepareServerBundle, setQuietBudget } from './proc.js'
-import type { BenchResults } from './results.js'
+import { gitState, isoDate, type BenchResults } from './results.js'
 import {
   bimodalRoutes, measureCapacity, ms, pct100, runBimodal, runHello, runSlowDownstream, runStall, runStep, runSweep,
   type BenchConfig
@@ -202,20 +201,6 @@ function printSummary (r: BenchResults, targets: ReturnType<typeof checkTargets>
     log(`${status}  ${t.label} ${t.target}: ${a?.value ?? '–'}${others.length > 0 ? `   [${others}]` : ''}`)
   }
   log(`admission: ${pass}/${total} targets met`)
-}
-
-/** Commit of lib/ and whether it had uncommitted changes when the run started. */
-function gitState (): string {
-  const root = fileURLToPath(new URL('..', import.meta.url))
-  const head = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' })
-  if (head.status !== 0) return 'unknown'
-  const dirty = spawnSync('git', ['status', '--porcelain', '--', 'lib'], { cwd: root, encoding: 'utf8' })
-  return `${head.stdout.trim()}${dirty.stdout.trim().length > 0 ? ' + uncommitted changes' : ''}`
-}
-
-function isoDate (): string {
-  const d = new Date()
-  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`
 }
 
 function elapsed (t0: number): string {

@@ -7,7 +7,6 @@
 // Server: bench/server.ts --contender admission with BENCH_AUTH_MS=2, pinned to CPU 0; this runner and
 // its load on CPU 1. Capacity: --rate (requests/s at 1x), else the benchmark's capacity search.
 // Results: <out>/soak-<date>.json (default bench/results/) and a table; exit code 1 if a target fails.
-import { spawnSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { performance } from 'node:perf_hooks'
@@ -22,6 +21,7 @@ import {
 import { ConnPool } from './raw-http.js'
 import { genInfo, measureCapacity, ms, pct100, roundStats } from './scenarios.js'
 import type { SeriesPoint } from './server.js'
+import { gitState, isoDate } from './results.js'
 import { bucketStats, windowStats, type Records } from './stats.js'
 
 const SLO_MS = 1000
@@ -368,20 +368,6 @@ async function soak (srv: ServerHandle, o: SoakPlan): Promise<{
   } finally {
     clearInterval(progress)
   }
-}
-
-/** Commit of lib/ and whether it had uncommitted changes (as bench/run.ts records it). */
-function gitState (): string {
-  const root = fileURLToPath(new URL('..', import.meta.url))
-  const head = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' })
-  if (head.status !== 0) return 'unknown'
-  const dirty = spawnSync('git', ['status', '--porcelain', '--', 'lib'], { cwd: root, encoding: 'utf8' })
-  return `${head.stdout.trim()}${dirty.stdout.trim().length > 0 ? ' + uncommitted changes' : ''}`
-}
-
-function isoDate (): string {
-  const d = new Date()
-  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`
 }
 
 main().catch((err: unknown) => {

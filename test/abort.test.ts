@@ -1,22 +1,7 @@
 import t from 'tap'
-import net from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { build, gate } from './helpers/app.js'
-
-async function until (check: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 5))
-  }
-}
-
-function send (port: number, raw: string): net.Socket {
-  const socket = net.connect(port, '127.0.0.1')
-  socket.on('error', () => {})
-  socket.write(raw)
-  return socket
-}
+import { sendRaw, waitFor } from './helpers/sockets.js'
 
 t.test('clients that abort mid-handler give their permits back, exactly once', async t => {
   const { app, controller } = await build(t)
@@ -29,13 +14,13 @@ t.test('clients that abort mid-handler give their permits back, exactly once', a
   })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
-  const sockets = Array.from({ length: 20 }, () => send(port, 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\n'))
-  await until(() => app.admission?.inflight === 20, '20 requests in flight')
+  const sockets = Array.from({ length: 20 }, () => sendRaw(port, 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\n'))
+  await waitFor(() => app.admission?.inflight === 20, '20 requests in flight')
   for (const s of sockets) s.destroy()
-  await until(() => app.admission?.inflight === 0, 'in-flight back to 0 after the aborts')
+  await waitFor(() => app.admission?.inflight === 0, 'in-flight back to 0 after the aborts')
   // The handlers still finish afterwards and write to closed sockets: no second release.
   g.open()
-  await until(() => finished === 20, 'handlers to finish')
+  await waitFor(() => finished === 20, 'handlers to finish')
   await new Promise(resolve => setTimeout(resolve, 50))
   t.equal(app.admission?.inflight, 0)
   t.equal(controller.totals.admitted, 20)
@@ -51,17 +36,17 @@ t.test('malformed requests and aborts before the hook take no permit', async t =
     'NOT-A-METHOD / HTTP/1.1\r\n\r\n',
     'GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n'
   ].map(raw => new Promise<string>(resolve => {
-    const s = send(port, raw)
+    const s = sendRaw(port, raw)
     let data = ''
     s.on('data', (d: Buffer) => { data += d.toString() })
     s.on('close', () => resolve(data))
   })))
   for (const reply of replies) t.match(reply, /^HTTP\/1\.1 400/)
   // Half a request, then gone.
-  send(port, 'GET / HTTP/1.1\r\nHo').destroy()
+  sendRaw(port, 'GET / HTTP/1.1\r\nHo').destroy()
   const ok = await fetch(`http://127.0.0.1:${port}/`)
   t.equal(ok.status, 200)
-  await until(() => app.admission?.inflight === 0, 'in-flight 0')
+  await waitFor(() => app.admission?.inflight === 0, 'in-flight 0')
   t.equal(controller.totals.admitted, 1)
 })
 
@@ -70,7 +55,7 @@ t.test('keep-alive: many requests on one connection, each released', async t => 
   app.get('/', async () => 'ok')
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
-  const s = send(port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(50))
+  const s = sendRaw(port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(50))
   let data = ''
   await new Promise<void>(resolve => {
     s.on('data', (d: Buffer) => {
@@ -79,6 +64,6 @@ t.test('keep-alive: many requests on one connection, each released', async t => 
     })
   })
   s.destroy()
-  await until(() => app.admission?.inflight === 0, 'in-flight 0')
+  await waitFor(() => app.admission?.inflight === 0, 'in-flight 0')
   t.pass('50 pipelined requests answered and released')
 })

@@ -5,14 +5,7 @@ import Fastify from 'fastify'
 import { Registry } from 'prom-client'
 import admission, { kAdmissionController, type AdmissionOptions } from '../lib/index.js'
 import { gate, snapshot } from './helpers/app.js'
-
-async function until (check: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 5))
-  }
-}
+import { waitFor } from './helpers/sockets.js'
 
 /** A raw keep-alive connection that collects what the server writes. */
 function connect (port: number): { socket: net.Socket, received: () => string, closed: () => boolean } {
@@ -44,17 +37,17 @@ t.test('close: in-flight requests finish, told to close their connection; draini
   const second = connect(port)
   first.socket.write('GET /slow HTTP/1.1\r\nHost: x\r\n\r\n')
   second.socket.write('GET /slow HTTP/1.1\r\nHost: x\r\n\r\n')
-  await until(() => snapshot(app).inflight === 2, 'two in flight')
+  await waitFor(() => snapshot(app).inflight === 2, 'two in flight')
   t.equal(snapshot(app).draining, false)
   const closing = app.close()
-  await until(() => snapshot(app).draining, 'draining')
+  await waitFor(() => snapshot(app).draining, 'draining')
   t.match(await registry.metrics(), /fastify_admission_draining 1/)
   open()
   await closing
   for (const c of [first, second]) {
-    await until(() => c.received().endsWith('finished'), 'the response')
+    await waitFor(() => c.received().endsWith('finished'), 'the response')
     t.match(c.received(), /^HTTP\/1\.1 200[\s\S]*connection: close/i)
-    await until(c.closed, 'the connection closed')
+    await waitFor(c.closed, 'the connection closed')
   }
   t.equal(snapshot(app).inflight, 0)
   t.equal(app[kAdmissionController].totals.admitted, 2)
@@ -74,15 +67,15 @@ t.test('close with Fastify\'s default return503OnClosing: its own 503 answers fi
   const { app, port, open } = await server(t)
   const c = connect(port)
   c.socket.write('GET /slow HTTP/1.1\r\nHost: x\r\n\r\n')
-  await until(() => snapshot(app).inflight === 1, 'in flight')
+  await waitFor(() => snapshot(app).inflight === 1, 'in flight')
   let closed = false
   const closing = app.close().then(() => { closed = true })
-  await until(() => snapshot(app).draining, 'draining')
+  await waitFor(() => snapshot(app).draining, 'draining')
   await new Promise(resolve => setTimeout(resolve, 50))
   t.equal(closed, false, 'close waits for the request in flight')
   open()
   await closing
-  await until(() => c.received().endsWith('finished'), 'the response')
+  await waitFor(() => c.received().endsWith('finished'), 'the response')
   t.match(c.received(), /^HTTP\/1\.1 200/)
 })
 
@@ -90,12 +83,12 @@ t.test('drainTimeout: a request that never finishes has its connection closed at
   const { app, port } = await server(t, { drainTimeout: 200 })
   const c = connect(port)
   c.socket.write('GET /slow HTTP/1.1\r\nHost: x\r\n\r\n')
-  await until(() => snapshot(app).inflight === 1, 'in flight')
+  await waitFor(() => snapshot(app).inflight === 1, 'in flight')
   const started = Date.now()
   await app.close()
   const took = Date.now() - started
   t.ok(took >= 150 && took < 3000, `close() returned after the deadline (${took} ms)`)
-  await until(c.closed, 'the client connection closed')
+  await waitFor(c.closed, 'the client connection closed')
   t.equal(snapshot(app).inflight, 0, 'its permit given back')
 })
 
@@ -110,9 +103,9 @@ t.test('an SSE stream open at close is ended at the deadline, so close() returns
   await app.listen({ port: 0, host: '127.0.0.1' })
   const c = connect((app.server.address() as AddressInfo).port)
   c.socket.write('GET /events HTTP/1.1\r\nHost: x\r\n\r\n')
-  await until(() => c.received().includes('data: hello'), 'the stream open')
-  await until(() => snapshot(app).inflight === 0, 'the stream holds no permit')
+  await waitFor(() => c.received().includes('data: hello'), 'the stream open')
+  await waitFor(() => snapshot(app).inflight === 0, 'the stream holds no permit')
   await app.close()
-  await until(c.closed, 'the stream closed by the deadline')
+  await waitFor(c.closed, 'the stream closed by the deadline')
   t.pass('close() returned')
 })

@@ -1,6 +1,5 @@
 import t from 'tap'
 import net from 'node:net'
-import type { AddressInfo } from 'node:net'
 import { Readable } from 'node:stream'
 import Fastify from 'fastify'
 import websocket from '@fastify/websocket'
@@ -8,25 +7,7 @@ import WebSocket from 'ws'
 import { Registry } from 'prom-client'
 import admission, { kAdmissionController } from '../lib/index.js'
 import { build, gate, saturate, snapshot, turns } from './helpers/app.js'
-
-async function until (check: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, 5))
-  }
-}
-
-function send (port: number, raw: string): net.Socket {
-  const socket = net.connect(port, '127.0.0.1')
-  socket.on('error', () => {})
-  socket.write(raw)
-  return socket
-}
-
-function portOf (server: net.Server): number {
-  return (server.address() as AddressInfo).port
-}
+import { portOf, sendRaw, waitFor } from './helpers/sockets.js'
 
 t.test('regression: a client that left while an earlier async onRequest hook awaited leaked its permit', async t => {
   const app = Fastify()
@@ -38,12 +19,12 @@ t.test('regression: a client that left while an earlier async onRequest hook awa
   await app.register(admission, { registry: new Registry(), startupGrace: 0, sampleInterval: 10_000 })
   app.get('/', async () => 'ok')
   await app.listen({ port: 0, host: '127.0.0.1' })
-  const sockets = Array.from({ length: 10 }, () => send(portOf(app.server), 'GET / HTTP/1.1\r\nHost: x\r\n\r\n'))
+  const sockets = Array.from({ length: 10 }, () => sendRaw(portOf(app), 'GET / HTTP/1.1\r\nHost: x\r\n\r\n'))
   await turns(20)
   for (const s of sockets) s.destroy()
   await new Promise(resolve => setTimeout(resolve, 50))
   auth.open()
-  await until(() => authed === 10, 'the auth hook to finish for all 10')
+  await waitFor(() => authed === 10, 'the auth hook to finish for all 10')
   await turns(20)
   t.equal(snapshot(app).inflight, 0, 'no permit held for clients already gone')
   t.equal(app[kAdmissionController].totals.admitted, 10, 'each counted once')
@@ -55,11 +36,11 @@ t.test('regression: pipelined requests whose connection died leaked their permit
   let started = 0
   app.get('/slow', async () => { started++; await g.wait; return 'done' })
   await app.listen({ port: 0, host: '127.0.0.1' })
-  const s = send(portOf(app.server), 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(5))
-  await until(() => started === 5, 'all 5 pipelined requests in their handlers')
+  const s = sendRaw(portOf(app), 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(5))
+  await waitFor(() => started === 5, 'all 5 pipelined requests in their handlers')
   t.equal(snapshot(app).inflight, 5)
   s.destroy()
-  await until(() => snapshot(app).inflight === 0, 'the 4 queued responses released after the connection died')
+  await waitFor(() => snapshot(app).inflight === 0, 'the 4 queued responses released after the connection died')
   g.open()
   await turns(20)
   t.equal(snapshot(app).inflight, 0, 'and nothing released twice when the handlers finish')
@@ -72,10 +53,10 @@ t.test('regression: a finished pipelined response still queued behind a slower o
   app.get('/slow', async () => { await g.wait; return 'slow' })
   app.get('/fast', async () => { fast++; return 'fast' })
   await app.listen({ port: 0, host: '127.0.0.1' })
-  const s = send(portOf(app.server), 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n')
-  await until(() => fast === 1 && snapshot(app).inflight === 2, '/fast answered (queued) while /slow runs')
+  const s = sendRaw(portOf(app), 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n')
+  await waitFor(() => fast === 1 && snapshot(app).inflight === 2, '/fast answered (queued) while /slow runs')
   s.destroy()
-  await until(() => snapshot(app).inflight === 0, 'both released after the connection died')
+  await waitFor(() => snapshot(app).inflight === 0, 'both released after the connection died')
   g.open()
   await turns(20)
   t.equal(snapshot(app).inflight, 0)
@@ -90,19 +71,19 @@ t.test('regression: 60 open SSE streams held 60 permits and a busy spell then re
   })
   app.get('/', async () => 'ok')
   await app.listen({ port: 0, host: '127.0.0.1' })
-  const port = portOf(app.server)
+  const port = portOf(app)
   let events = 0
   const streams: net.Socket[] = []
   // In batches of 10 (a burst of 60 at once could meet the limit of 50 on a busy loop and be refused,
   // which is the plugin doing its job): 60 streams stay open, more than the default limit.
   for (let batch = 1; batch <= 6; batch++) {
     for (let i = 0; i < 10; i++) {
-      const s = send(port, 'GET /events HTTP/1.1\r\nHost: x\r\n\r\n')
+      const s = sendRaw(port, 'GET /events HTTP/1.1\r\nHost: x\r\n\r\n')
       s.on('data', (d: Buffer) => { if (d.toString().includes('data: hello')) events++ })
       streams.push(s)
     }
-    await until(() => events === batch * 10, `${batch * 10} streams established`)
-    await until(() => snapshot(app).inflight === 0, 'established streams no longer count as work in progress')
+    await waitFor(() => events === batch * 10, `${batch * 10} streams established`)
+    await waitFor(() => snapshot(app).inflight === 0, 'established streams no longer count as work in progress')
   }
   t.equal(snapshot(app).limit, 50, 'more open streams than the default limit')
   t.equal(controller.totals.admitted, 60)
@@ -123,13 +104,13 @@ t.test('a streamed body holds its permit only until its headers are out', async 
     return reply.type('text/plain').send(stream)
   })
   await app.listen({ port: 0, host: '127.0.0.1' })
-  const s = send(portOf(app.server), 'GET /stream HTTP/1.1\r\nHost: x\r\n\r\n')
+  const s = sendRaw(portOf(app), 'GET /stream HTTP/1.1\r\nHost: x\r\n\r\n')
   let body = ''
   s.on('data', (d: Buffer) => { body += d.toString() })
-  await until(() => body.includes('first chunk'), 'the first chunk')
-  await until(() => snapshot(app).inflight === 0, 'the streaming response released')
+  await waitFor(() => body.includes('first chunk'), 'the first chunk')
+  await waitFor(() => snapshot(app).inflight === 0, 'the streaming response released')
   stream.push(null)
-  await until(() => body.includes('\r\n0\r\n'), 'the end of the chunked body')
+  await waitFor(() => body.includes('\r\n0\r\n'), 'the end of the chunked body')
   s.destroy()
   await turns(20)
   t.equal(snapshot(app).inflight, 0)
@@ -144,7 +125,7 @@ t.test('a websocket upgrade holds no permit once established, and is counted onc
     socket.on('message', (m: Buffer) => socket.send(`echo ${m.toString()}`))
   })
   await app.listen({ port: 0, host: '127.0.0.1' })
-  const ws = new WebSocket(`ws://127.0.0.1:${portOf(app.server)}/ws`)
+  const ws = new WebSocket(`ws://127.0.0.1:${portOf(app)}/ws`)
   await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
   ws.send('hi')
   const [reply] = await new Promise<[Buffer]>(resolve => ws.once('message', (...args: [Buffer]) => resolve(args)))
@@ -163,10 +144,10 @@ t.test('regression: a refused websocket upgrade left its socket open and app.clo
   app.get('/slow', async () => { await g.wait; return 'ok' })
   app.get('/ws', { websocket: true }, socket => { socket.close() })
   await app.listen({ port: 0, host: '127.0.0.1' })
-  const port = portOf(app.server)
+  const port = portOf(app)
   saturate(app[kAdmissionController])
   const slow = fetch(`http://127.0.0.1:${port}/slow`)
-  await until(() => snapshot(app).inflight === 1, 'the only permit taken')
+  await waitFor(() => snapshot(app).inflight === 1, 'the only permit taken')
   const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`)
   const status = await new Promise<number>(resolve => {
     ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0))

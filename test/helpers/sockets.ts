@@ -21,6 +21,19 @@ export async function until (check: () => boolean | Promise<boolean>, ms = 5000)
   return true
 }
 
+/** Poll `check` every 5 ms; throws, naming `what`, when it still does not hold after `ms`. */
+export async function waitFor (check: () => boolean, what: string, ms = 5000): Promise<void> {
+  if (!(await until(check, ms))) throw new Error(`timed out waiting for ${what}`)
+}
+
+/** Open a connection to 127.0.0.1:`port` and write `raw` on it; errors are ignored (the test aborts). */
+export function sendRaw (port: number, raw: string): net.Socket {
+  const socket = net.connect(port, '127.0.0.1')
+  socket.on('error', () => {})
+  socket.write(raw)
+  return socket
+}
+
 export function portOf (app: FastifyInstance): number {
   return (app.server.address() as AddressInfo).port
 }
