@@ -19,6 +19,7 @@ import {
   resolveOptions, resolveRouteConfig, type AdmissionOptions, type AdmissionRouteConfig, type ResolvedRouteConfig
 } from './options.js'
 import { Permits } from './permits.js'
+import { RouteConfigReader } from './route-config.js'
 import { LoopMonitor } from './signals.js'
 
 export type { AdmissionOptions, AdmissionRouteConfig, UnderPressureCeilings } from './options.js'
@@ -118,9 +119,10 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
   // Refusals and scrapes do not write Fastify's "request completed" info line.
   const quietLog: FastifyBaseLogger = fastify.log.child({}, { level: 'warn' })
   const metricsPath = opts.metricsPath
+  const routeConfigs = new RouteConfigReader()
 
   function admissionOnRequest (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-    const holder = request.routeOptions.config as unknown as RouteConfigHolder
+    const holder = routeConfigs.read(request) as RouteConfigHolder
     const route = holder[kRouteConfig] ?? routeConfigOf(holder, request)
     if (route.exempt) {
       done()

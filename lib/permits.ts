@@ -13,8 +13,16 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 
 /** When the permit was taken (the clock's milliseconds). */
 const kStart = Symbol('fastify-admission.start')
+/** Neighbours in the list of held permits; undefined once the permit is given back. */
+const kPrev = Symbol('fastify-admission.prev')
+const kNext = Symbol('fastify-admission.next')
 
-interface Held extends ServerResponse {
+interface Link {
+  [kPrev]: Link | undefined
+  [kNext]: Link | undefined
+}
+
+interface Held extends ServerResponse, Link {
   [kStart]: number
 }
 
@@ -25,7 +33,11 @@ interface Held extends ServerResponse {
 export type ReleaseFn = (latencyMs: number, finished: boolean) => void
 
 export class Permits {
-  readonly #held = new Set<Held>()
+  /**
+   * Sentinel of a circular doubly linked list threaded through the held responses themselves: taking
+   * and giving back a permit are a few property writes (a Set cost ~80 ns per request here).
+   */
+  readonly #head: Link
   readonly #release: ReleaseFn
   readonly #now: () => number
   readonly #onClose: (this: Held) => void
@@ -33,6 +45,10 @@ export class Permits {
   constructor (release: ReleaseFn, now: () => number) {
     this.#release = release
     this.#now = now
+    const head = {} as Link
+    head[kPrev] = head
+    head[kNext] = head
+    this.#head = head
     const permits = this
     // One listener shared by every response: no closure per request.
     this.#onClose = function admissionReleaseOnClose (this: Held): void {
@@ -48,19 +64,26 @@ export class Permits {
       return
     }
     const held = res as Held
+    const head = this.#head
+    const last = head[kPrev] as Link
     held[kStart] = this.#now()
-    this.#held.add(held)
+    held[kPrev] = last
+    held[kNext] = head
+    last[kNext] = held
+    head[kPrev] = held
     held.on('close', this.#onClose)
   }
 
   /**
    * Give back the permits whose end Node does not report: responses streaming with their headers out
    * (established, no longer work in progress) and pipelined responses still queued on a connection
-   * that died. Cost: one pass over the held permits,
-   * called once per sampling window.
+   * that died. Cost: one pass over the held permits, called once per sampling window.
    */
   sweep (): void {
-    for (const res of this.#held) {
+    const head = this.#head
+    for (let link = head[kNext] as Link; link !== head;) {
+      const res = link as Held
+      link = res[kNext] as Link
       // Queued behind another response on a dead connection (ended or not, it never gets the socket and
       // never closes), or streaming with its headers out.
       if ((res.socket === null && res.req?.socket?.destroyed === true) || (res.headersSent && !res.writableEnded)) {
@@ -71,13 +94,21 @@ export class Permits {
 
   /** Mark every response still unsent to close its connection when done (the server is draining). */
   closeConnectionsWhenDone (): void {
-    for (const res of this.#held) {
+    const head = this.#head
+    for (let link = head[kNext] as Link; link !== head; link = link[kNext] as Link) {
+      const res = link as Held
       if (!res.headersSent) res.setHeader('connection', 'close')
     }
   }
 
   #give (res: Held, finished: boolean): void {
-    if (!this.#held.delete(res)) return
+    const prev = res[kPrev]
+    if (prev === undefined) return
+    const next = res[kNext] as Link
+    prev[kNext] = next
+    next[kPrev] = prev
+    res[kPrev] = undefined
+    res[kNext] = undefined
     this.#release(this.#now() - res[kStart], finished)
   }
 }

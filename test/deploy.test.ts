@@ -1,9 +1,10 @@
 import t from 'tap'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Registry, register as globalRegistry, Counter } from 'prom-client'
 import admission, { kAdmissionController, skipRequestLogWhileShedding } from '../lib/index.js'
 import { hooksBeforeAdmission } from '../lib/hook-order.js'
+import { RouteConfigReader } from '../lib/route-config.js'
 import { gate, saturate, snapshot, turns } from './helpers/app.js'
 
 const quiet = { startupGrace: 0, sampleInterval: 10_000 }
@@ -233,4 +234,22 @@ t.test('app.admission is undefined on an app without the plugin', async t => {
   await app.ready()
   t.equal(app.admission, undefined)
   t.throws(() => snapshot(app), /not registered/)
+})
+
+t.test('route config reader: the route\'s own config, through Fastify\'s context or routeOptions', async t => {
+  const reader = new RouteConfigReader()
+  const app = Fastify()
+  t.teardown(() => app.close())
+  const seen: unknown[] = []
+  app.addHook('onRequest', async request => { seen.push(reader.read(request).tag) })
+  app.get('/a', { config: { tag: 'a' } as never }, async () => 'a')
+  app.get('/b', { config: { tag: 'b' } as never }, async () => 'b')
+  for (const url of ['/a', '/b', '/a', '/nope']) await app.inject(url)
+  t.same(seen, ['a', 'b', 'a', undefined])
+  // A request object without Fastify's context (another Fastify version): routeOptions, every time.
+  const fallback = new RouteConfigReader()
+  const config = { tag: 'c' }
+  const fake = { routeOptions: { config } } as unknown as FastifyRequest
+  t.equal(fallback.read(fake), config)
+  t.equal(fallback.read(fake), config)
 })
