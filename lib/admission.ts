@@ -90,6 +90,8 @@ export interface ControllerHooks {
    * than at the end of the sampling window.
    */
   recentElu?: () => number
+  /** Clock in milliseconds; observe mode needs it to age the permits enforce would have held. */
+  now?: () => number
 }
 
 const REASONS: readonly RejectReason[] = ['limit', 'heap', 'rss', 'health', 'drain']
@@ -107,6 +109,12 @@ export class AdmissionController {
   readonly totals: OutcomeTotals = { admitted: 0, rejected: zeroByReason(), observed: zeroByReason() }
 
   inflight = 0
+  /**
+   * Of `inflight`, the requests observe mode let through over the limit. The decision compares only
+   * the others with the limit, as enforce would have held only those: otherwise the queue observe lets
+   * build would count against every later arrival and would_reject would overstate enforce.
+   */
+  observedInflight = 0
   elu = 0
   delayP99Ms = 0
   saturation = 0
@@ -118,6 +126,14 @@ export class AdmissionController {
   readonly #graceUntil: number
   readonly #onShedding: ControllerHooks['onShedding']
   readonly #recentElu: ControllerHooks['recentElu']
+  readonly #now: () => number
+  /**
+   * Observe mode: when each permit enforce would have held ends. A ring, oldest first; its length is
+   * the in-flight count enforce would have.
+   */
+  readonly #virtualEnds: Float64Array | undefined
+  #virtualHead = 0
+  #virtualCount = 0
   #enforcing = false
   #graceOver = false
   // Window accumulators, reset by onWindow().
@@ -144,6 +160,8 @@ export class AdmissionController {
     this.#graceUntil = nowMs + settings.graceMs
     this.#onShedding = hooks.onShedding
     this.#recentElu = hooks.recentElu
+    this.#now = hooks.now ?? (() => NaN)
+    this.#virtualEnds = settings.mode === 'observe' && hooks.now !== undefined ? new Float64Array(settings.maxLimit + 1) : undefined
   }
 
   get limit (): number {
@@ -160,9 +178,10 @@ export class AdmissionController {
     this.#arrivals++
     if (veto === undefined && this.draining) veto = 'drain'
     if (veto === undefined) {
-      if (this.inflight < this.limiter.limit || (!this.#enforcing && !this.#busyNow())) {
+      if (this.#decisionInflight() < this.limiter.limit || (!this.#enforcing && !this.#busyNow())) {
         this.inflight++
         this.totals.admitted++
+        this.#virtualAdmit()
         return 'admitted'
       }
       veto = 'limit'
@@ -171,11 +190,38 @@ export class AdmissionController {
     this.#refused++
     if (this.mode === 'observe') {
       this.inflight++
+      this.observedInflight++
       this.totals.observed[veto]++
       return 'observed'
     }
     this.totals.rejected[veto]++
     return 'rejected'
+  }
+
+  /**
+   * In-flight as enforce would see it. In observe mode the requests let through over the limit queue
+   * for the CPU with the others, so every permit lasts longer than under enforce: counting real
+   * completions would make would_reject overstate enforce. Each would-be permit ends after the time
+   * a request takes under enforce instead: Little's law at the limit (limit / capacity), at least the
+   * baseline latency. Until both are known, the real count of would-be-admitted requests is used.
+   */
+  #decisionInflight (): number {
+    const ends = this.#virtualEnds
+    if (ends === undefined || !(this.limiter.baselineMs > 0 && this.limiter.capacity > 0)) return this.inflight - this.observedInflight
+    const now = this.#now()
+    while (this.#virtualCount > 0 && !((ends[this.#virtualHead] as number) > now)) {
+      this.#virtualHead = (this.#virtualHead + 1) % ends.length
+      this.#virtualCount--
+    }
+    return this.#virtualCount
+  }
+
+  #virtualAdmit (): void {
+    const ends = this.#virtualEnds
+    if (ends === undefined || this.#virtualCount === ends.length || !(this.limiter.baselineMs > 0 && this.limiter.capacity > 0)) return
+    const holdMs = Math.max(this.limiter.baselineMs, 1000 * this.limiter.limit / this.limiter.capacity)
+    ends[(this.#virtualHead + this.#virtualCount) % ends.length] = this.#now() + holdMs
+    this.#virtualCount++
   }
 
   /** The loop is saturated right now (past the startup grace): enforce until the window closes. */
@@ -185,9 +231,13 @@ export class AdmissionController {
     return true
   }
 
-  /** Give a permit back. `finished` = the response was sent in full (not a client abort). */
-  release (latencyMs: number, finished: boolean): void {
+  /**
+   * Give a permit back. `finished` = the response was sent in full (not a client abort); `observed` =
+   * the permit came from an `observed` decision.
+   */
+  release (latencyMs: number, finished: boolean, observed = false): void {
     this.inflight--
+    if (observed) this.observedInflight--
     if (finished && latencyMs >= 0 && latencyMs < Infinity) {
       this.#completed++
       this.#latencySumMs += latencyMs

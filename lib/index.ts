@@ -61,13 +61,19 @@ const LOG_INTERVAL_MS = 10_000
 const kRouteConfig = Symbol('fastify-admission.route-config')
 type RouteConfigHolder = Record<PropertyKey, unknown> & { [kRouteConfig]?: ResolvedRouteConfig }
 
+/** On the raw request once decided: whether Fastify's request logging should skip it. */
+const kSkipLog = Symbol('fastify-admission.skip-log')
+type Marked = IncomingMessage & { [kSkipLog]?: boolean }
+
 /**
- * For Fastify's `disableRequestLogging` (or a log controller's `isLogDisabled`): true while this
- * process is refusing requests, so that the per-request "incoming request" / "request completed" info
- * lines stop while a flood of refusals would make them the main cost. Shedding start and stop are still
- * logged (warn). Without it, every refusal still writes the one line Fastify logs before any hook runs.
+ * For Fastify's `disableRequestLogging` (or a log controller's `isLogDisabled`): skips the request
+ * logging of refused requests, and, while this process is shedding, the "incoming request" line that
+ * Fastify writes before the decision is known. Admitted requests keep their completion and error
+ * lines. Shedding start and stop are still logged (warn).
  */
 export function skipRequestLogWhileShedding (request: FastifyRequest): boolean {
+  const decided = (request.raw as Marked)[kSkipLog]
+  if (decided !== undefined) return decided
   return (request.server as FastifyInstance & { [kAdmissionController]?: AdmissionController })[kAdmissionController]?.shedding === true
 }
 
@@ -86,7 +92,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     graceMs: opts.startupGrace,
     retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
     quietMs: QUIET_MS
-  }, performance.now(), { onShedding: logShedding, recentElu: () => monitor.recentElu() })
+  }, performance.now(), { onShedding: logShedding, recentElu: () => monitor.recentElu(), now: () => performance.now() })
   const permits = new Permits(controller.release.bind(controller), performance.now.bind(performance))
   // Everything that can fail comes before the monitor and the timer start: a failed boot leaves
   // nothing running.
@@ -124,7 +130,9 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
   function admissionOnRequest (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
     const holder = routeConfigs.read(request) as RouteConfigHolder
     const route = holder[kRouteConfig] ?? routeConfigOf(holder, request)
+    const raw = request.raw as Marked
     if (route.exempt) {
+      raw[kSkipLog] = false
       done()
       return
     }
@@ -133,6 +141,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
       return
     }
     const outcome = controller.acquire(DEFAULT_CLASS, undefined, ceilings?.veto())
+    raw[kSkipLog] = outcome === 'rejected'
     if (outcome === 'rejected') {
       reply.log = quietLog
       reply
@@ -140,7 +149,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
         .header('retry-after', controller.retryAfter.value())
         .header('content-type', 'application/json; charset=utf-8')
       if (controller.draining) reply.header('connection', 'close')
-      if ((request.raw as IncomingMessage & { upgrade?: boolean }).upgrade === true) {
+      if ((raw as IncomingMessage & { upgrade?: boolean }).upgrade === true) {
         // A refused upgrade: nothing else owns this socket (the websocket plugin's own hooks may not have
         // run), so it is closed once the refusal is out.
         reply.header('connection', 'close')
@@ -149,7 +158,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
       reply.send(refusalBody)
       return
     }
-    permits.hold(request.raw, reply.raw)
+    permits.hold(raw, reply.raw, reply, outcome === 'observed')
     done()
   }
 

@@ -111,7 +111,16 @@ export function registerMetrics (controller: AdmissionController, prefix: string
     contentType: registry.contentType,
     async text () {
       const mine = await own.metrics()
-      return alsoServe === undefined ? mine : `${await alsoServe.metrics()}\n${mine}`
+      if (alsoServe === undefined) return mine
+      // The global registry also holds the first instance's series under the same names: leave those
+      // families out, or every one would appear twice (invalid exposition).
+      const others: string[] = []
+      for (const metric of alsoServe.getMetricsAsArray()) {
+        const name = (metric as { name: string }).name
+        if (!names.includes(name)) others.push(await alsoServe.getSingleMetricAsString(name))
+      }
+      others.push(mine)
+      return others.join('\n')
     },
     unregister () {
       for (const name of names) registry.removeSingleMetric(name)

@@ -5,14 +5,17 @@
 //     fired and never fires again, so the state is checked when the permit is taken;
 //   - a pipelined request queued behind another on a connection that died: its response never gets the
 //     socket and never closes; sweep() finds it by its request's socket;
-//   - a long-lived response (SSE, a streamed body, a hijacked reply writing to the raw response) is not
-//     work in progress once its headers are out: sweep() gives its permit back then;
-//   - a websocket (or any) upgrade: the permit is given back at once, the socket leaves HTTP.
+//   - a long-lived response (SSE, a streamed body, a hijacked reply writing to the raw response, a
+//     websocket whose handler took the socket over) is not work in progress once established: sweep()
+//     gives its permit back once its headers are out or its reply is hijacked.
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
 
 /** When the permit was taken (the clock's milliseconds). */
 const kStart = Symbol('fastify-admission.start')
+/** The reply's view the sweep needs, and whether the permit came from an observed decision. */
+const kReply = Symbol('fastify-admission.reply')
+const kObserved = Symbol('fastify-admission.observed')
 /** Neighbours in the list of held permits; undefined once the permit is given back. */
 const kPrev = Symbol('fastify-admission.prev')
 const kNext = Symbol('fastify-admission.next')
@@ -22,15 +25,22 @@ interface Link {
   [kNext]: Link | undefined
 }
 
+/** What the sweep reads of the framework's reply: true once it was sent or handed over (hijacked). */
+export interface ReplyState {
+  readonly sent: boolean
+}
+
 interface Held extends ServerResponse, Link {
   [kStart]: number
+  [kReply]: ReplyState
+  [kObserved]: boolean
 }
 
 /**
  * Told once per permit. `latencyMs` from admission to the end; `finished` = the response was sent in
  * full (a sample of the request's cost), false for aborts, streams and upgrades.
  */
-export type ReleaseFn = (latencyMs: number, finished: boolean) => void
+export type ReleaseFn = (latencyMs: number, finished: boolean, observed: boolean) => void
 
 export class Permits {
   /**
@@ -57,16 +67,18 @@ export class Permits {
   }
 
   /** Hold a permit (already counted by the decision) until the response ends. */
-  hold (req: IncomingMessage, res: ServerResponse): void {
-    if ((req as IncomingMessage & { upgrade?: boolean }).upgrade === true || res.destroyed || req.socket?.destroyed === true) {
-      // An upgrade leaves HTTP at once; a client already gone will never make 'close' fire again.
-      this.#release(0, false)
+  hold (req: IncomingMessage, res: ServerResponse, reply: ReplyState, observed: boolean): void {
+    if (res.destroyed || req.socket?.destroyed === true) {
+      // A client already gone will never make 'close' fire again.
+      this.#release(0, false, observed)
       return
     }
     const held = res as Held
     const head = this.#head
     const last = head[kPrev] as Link
     held[kStart] = this.#now()
+    held[kReply] = reply
+    held[kObserved] = observed
     held[kPrev] = last
     held[kNext] = head
     last[kNext] = held
@@ -85,8 +97,10 @@ export class Permits {
       const res = link as Held
       link = res[kNext] as Link
       // Queued behind another response on a dead connection (ended or not, it never gets the socket and
-      // never closes), or streaming with its headers out.
-      if ((res.socket === null && res.req?.socket?.destroyed === true) || (res.headersSent && !res.writableEnded)) {
+      // never closes), or established: streaming with its headers out, or handed over (hijacked: SSE
+      // written to the raw response, a websocket handler holding the upgraded socket).
+      if ((res.socket === null && res.req?.socket?.destroyed === true) ||
+        (!res.writableEnded && (res.headersSent || res[kReply].sent))) {
         this.#give(res, false)
       }
     }
@@ -109,6 +123,6 @@ export class Permits {
     next[kPrev] = prev
     res[kPrev] = undefined
     res[kNext] = undefined
-    this.#release(this.#now() - res[kStart], finished)
+    this.#release(this.#now() - res[kStart], finished, res[kObserved])
   }
 }

@@ -233,3 +233,53 @@ t.test('draining: every request refused with reason drain; observe mode counts i
   t.equal(o.acquire(DEFAULT_CLASS, undefined, 'heap'), 'observed', 'a veto given explicitly wins')
   t.equal(o.totals.observed.heap, 1)
 })
+
+t.test('regression: observe mode counted the queue it let build, so would_reject doubled what enforce refuses', async t => {
+  // One server finishing 100 requests/s (10 ms each, FIFO), 200 arrivals/s for 10 s, limit 10, loop
+  // saturated. Under observe every request is served, so the admitted ones queue behind the others.
+  const run = (mode: 'enforce' | 'observe'): number => {
+    let now = 0
+    const c = new AdmissionController({ ...base, mode, minLimit: 10, maxLimit: 10, initialLimit: 10 }, 0,
+      { random: () => 0, now: () => now })
+    learn(c, 0.5, 100, 5) // capacity 100/s, baseline 10 ms
+    c.onWindow(busy, 200)
+    const queue: boolean[] = []
+    let refused = 0
+    for (now = 1000; now < 11_000; now += 5) {
+      const outcome = c.acquire(DEFAULT_CLASS)
+      if (outcome !== 'admitted') refused++
+      if (outcome !== 'rejected') queue.push(outcome === 'observed')
+      if (now % 10 === 5 && queue.length > 0) c.release(10, true, queue.shift())
+    }
+    return refused / 2000
+  }
+  const enforce = run('enforce')
+  const observe = run('observe')
+  t.ok(enforce > 0.45 && enforce < 0.55, `enforce refuses about half: ${enforce}`)
+  t.ok(Math.abs(observe - enforce) < 0.1, `observe predicts it: ${observe} vs ${enforce}`)
+})
+
+t.test('observe mode without a baseline yet counts the would-be-admitted requests in flight', async t => {
+  const c = controller({ mode: 'observe', minLimit: 2, maxLimit: 2, initialLimit: 2 })
+  c.onWindow(busy, 100)
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.equal(c.acquire(DEFAULT_CLASS), 'observed')
+  c.release(5, false, true)
+  t.equal(c.acquire(DEFAULT_CLASS), 'observed', 'the observed one leaving frees nothing enforce held')
+  c.release(5, false)
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+})
+
+t.test('observe mode without pressure admits everything; the record of would-be permits stays bounded', async t => {
+  let now = 0
+  const c = new AdmissionController({ ...base, mode: 'observe', minLimit: 2, maxLimit: 2, initialLimit: 2 }, 0,
+    { random: () => 0, now: () => now })
+  learn(c, 0.5, 100, 5)
+  for (let i = 0; i < 10; i++) t.equal(c.acquire(DEFAULT_CLASS), 'admitted', `request ${i}`)
+  c.onWindow(busy, 200) // now the limit binds: the record says 3 (its size) are in flight
+  now = 1
+  t.equal(c.acquire(DEFAULT_CLASS), 'observed')
+  now = 10_000
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'the would-be permits have ended')
+})

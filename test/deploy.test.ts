@@ -101,6 +101,10 @@ t.test('regression: a second Fastify instance with default options failed to boo
   t.match(adminText, /fastify_admission_requests_total\{outcome="admitted"\} 1/)
   t.match(adminText, /app_orders_total 1/, 'the second instance still serves the process\'s own metrics')
   t.ok(lines.some(l => l.includes('registry of its own')), 'and says why at info level')
+  for (const text of [publicText, adminText]) {
+    const helps = text.split('\n').filter(l => l.startsWith('# HELP ')).map(l => l.split(' ')[2])
+    t.same(helps.filter((name, i) => helps.indexOf(name) !== i), [], 'every family once (a valid exposition)')
+  }
 })
 
 t.test('regression: the default /metrics route collided with the app\'s own (declared before or after)', async t => {
@@ -208,11 +212,30 @@ t.test('skipRequestLogWhileShedding: no per-request lines while shedding, all of
   app[kAdmissionController].onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, 2e9 + 2000) // a quiet second: it ends
   t.equal(snapshot(app).shedding, false)
   t.equal((await app.inject('/hold')).statusCode, 200)
-  t.same(lines, ['fastify-admission: shedding stopped', 'incoming request', 'request completed'], 'logged as usual once shedding stopped')
+  t.same(lines, ['request completed', 'fastify-admission: shedding stopped', 'incoming request', 'request completed'],
+    'the admitted request that held the permit logs its completion; all lines as usual once shedding stopped')
   const bare = Fastify({ disableRequestLogging: skipRequestLogWhileShedding })
   t.teardown(() => bare.close())
   bare.get('/', async () => 'ok')
   t.equal((await bare.inject('/')).statusCode, 200, 'harmless on an app without the plugin')
+})
+
+t.test('regression: skipRequestLogWhileShedding also dropped the error logs of admitted requests', async t => {
+  const lines: Array<{ level: number, msg: string }> = []
+  const app = Fastify({
+    disableRequestLogging: skipRequestLogWhileShedding,
+    logger: { level: 'info', stream: { write: (s: string) => { lines.push(JSON.parse(s)) } } }
+  })
+  t.teardown(() => app.close())
+  await app.register(admission, { registry: new Registry(), ...quiet })
+  app.get('/boom', async () => { throw new Error('database is down') })
+  app.get('/health', { config: { admission: { exempt: true } } }, async () => { throw new Error('probe failed') })
+  await app.ready()
+  app[kAdmissionController].shedding = true // an episode is on; this request is admitted
+  for (const url of ['/boom', '/health']) t.equal((await app.inject(url)).statusCode, 500)
+  t.same(lines.map(l => l.msg), ['database is down', 'request completed', 'probe failed', 'request completed'],
+    'only the line written before the decision is skipped')
+  t.equal(lines[0]?.level, 50)
 })
 
 t.test('regression: a failing decorate left the sampler timer and the delay histogram running', async t => {

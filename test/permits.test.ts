@@ -119,7 +119,7 @@ t.test('a streamed body holds its permit only until its headers are out', async 
 t.test('a websocket upgrade holds no permit once established, and is counted once', async t => {
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(admission, { registry: new Registry(), startupGrace: 0, sampleInterval: 10_000 })
+  await app.register(admission, { registry: new Registry(), startupGrace: 0, sampleInterval: 20 })
   await app.register(websocket)
   app.get('/ws', { websocket: true }, socket => {
     socket.on('message', (m: Buffer) => socket.send(`echo ${m.toString()}`))
@@ -130,7 +130,7 @@ t.test('a websocket upgrade holds no permit once established, and is counted onc
   ws.send('hi')
   const [reply] = await new Promise<[Buffer]>(resolve => ws.once('message', (...args: [Buffer]) => resolve(args)))
   t.equal(reply.toString(), 'echo hi')
-  t.equal(snapshot(app).inflight, 0)
+  await waitFor(() => snapshot(app).inflight === 0, 'the established websocket released')
   t.equal(app[kAdmissionController].totals.admitted, 1)
   ws.close()
 })
@@ -159,4 +159,23 @@ t.test('regression: a refused websocket upgrade left its socket open and app.clo
   await slow
   await app.close()
   t.pass('close() completes with the refused client still connected')
+})
+
+t.test('regression: an Upgrade header let an ordinary request skip the count', async t => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(admission, { registry: new Registry(), startupGrace: 0, sampleInterval: 20 })
+  const g = gate()
+  let running = 0
+  app.get('/plain', async () => { running++; await g.wait; return 'plain' })
+  await app.register(websocket)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const sockets = Array.from({ length: 5 }, () => sendRaw(portOf(app),
+    'GET /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'))
+  await waitFor(() => running === 5, 'five handlers running')
+  await new Promise(resolve => setTimeout(resolve, 60))
+  t.equal(snapshot(app).inflight, 5, 'each holds its permit while its handler runs')
+  g.open()
+  await waitFor(() => snapshot(app).inflight === 0, 'released when answered')
+  for (const s of sockets) s.destroy()
 })
