@@ -2,7 +2,9 @@
 // route of the app (declared before or after the plugin), the permits, the sampler timer, the ceilings
 // of @fastify/under-pressure, the metrics path, and the drain on close.
 
+import type { EventEmitter } from 'node:events'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import type { Http2Session } from 'node:http2'
 import { performance } from 'node:perf_hooks'
 import type {
   FastifyBaseLogger, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, HookHandlerDoneFunction,
@@ -148,7 +150,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
         .code(statusCode)
         .header('retry-after', controller.retryAfter.value())
         .header('content-type', 'application/json; charset=utf-8')
-      if (controller.draining) reply.header('connection', 'close')
+      if (controller.draining && raw.httpVersionMajor < 2) reply.header('connection', 'close')
       if ((raw as IncomingMessage & { upgrade?: boolean }).upgrade === true) {
         // A refused upgrade: nothing else owns this socket (the websocket plugin's own hooks may not have
         // run), so it is closed once the refusal is out.
@@ -221,14 +223,25 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     done()
   })
 
+  // HTTP/2 servers have no closeAllConnections(): their sessions are tracked to be closed at the deadline.
+  const server = fastify.server as Partial<Server> & EventEmitter
+  const sessions = new Set<Http2Session>()
+  if (typeof server.closeAllConnections !== 'function') {
+    server.on('session', function admissionTrackSession (session: Http2Session) {
+      sessions.add(session)
+      session.once('close', () => sessions.delete(session))
+    })
+  }
   let drainTimer: NodeJS.Timeout | undefined
   fastify.addHook('preClose', function admissionDrain (done) {
     controller.draining = true
     permits.closeConnectionsWhenDone()
     // In-flight requests (and open streams) get until the deadline; then their connections close, so
     // that close() ends even when a handler hangs or an SSE client stays.
-    const server = fastify.server as Partial<Server>
-    drainTimer = setTimeout(function admissionDrainDeadline () { server.closeAllConnections?.() }, opts.drainTimeout)
+    drainTimer = setTimeout(function admissionDrainDeadline () {
+      server.closeAllConnections?.()
+      for (const session of sessions) session.destroy()
+    }, opts.drainTimeout)
     drainTimer.unref()
     done()
   })

@@ -111,7 +111,8 @@ export class Permits {
     const head = this.#head
     for (let link = head[kNext] as Link; link !== head; link = link[kNext] as Link) {
       const res = link as Held
-      if (!res.headersSent) res.setHeader('connection', 'close')
+      // HTTP/2 has no Connection header (the session is closed by the server instead).
+      if (!res.headersSent && res.req.httpVersionMajor < 2) res.setHeader('connection', 'close')
     }
   }
 

@@ -1,4 +1,5 @@
 import t from 'tap'
+import http2 from 'node:http2'
 import net from 'node:net'
 import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
@@ -108,4 +109,35 @@ t.test('an SSE stream open at close is ended at the deadline, so close() returns
   await app.close()
   await waitFor(c.closed, 'the stream closed by the deadline')
   t.pass('close() returned')
+})
+
+t.test('regression: on HTTP/2 the drain deadline closed nothing and close() hung; Connection headers warned', async t => {
+  const warnings: string[] = []
+  const onWarning = (w: Error): void => { warnings.push(w.message) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const app = Fastify({ http2: true })
+  await app.register(admission, { registry: new Registry(), startupGrace: 0, sampleInterval: 10_000, drainTimeout: 200 })
+  app.get('/never', () => new Promise(() => {}))
+  app.get('/fast', async () => 'fast')
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const client = http2.connect(`http://127.0.0.1:${(app.server.address() as AddressInfo).port}`)
+  client.on('error', () => {})
+  const fast = client.request({ ':path': '/fast' })
+  fast.on('error', () => {})
+  let body = ''
+  fast.on('data', (d: Buffer) => { body += d.toString() })
+  await new Promise(resolve => fast.on('end', resolve))
+  t.equal(body, 'fast')
+  const never = client.request({ ':path': '/never' })
+  never.on('error', () => {})
+  await waitFor(() => snapshot(app).inflight === 1, 'in flight')
+  const started = Date.now()
+  await app.close()
+  const took = Date.now() - started
+  t.ok(took >= 150 && took < 3000, `close() returned after the deadline (${took} ms)`)
+  await waitFor(() => client.destroyed || client.closed, 'the session closed')
+  t.equal(snapshot(app).inflight, 0)
+  t.same(warnings.filter(w => /connection/i.test(w)), [], 'no Connection header on HTTP/2')
+  client.destroy()
 })
