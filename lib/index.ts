@@ -126,7 +126,9 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
   })
   // Refusals and scrapes do not write Fastify's "request completed" info line.
   const quietLog: FastifyBaseLogger = fastify.log.child({}, { level: 'warn' })
-  const metricsPath = opts.metricsPath
+  // Cleared when the application has a route of its own at this path, whatever its method or
+  // constraints (an internal-host-only /metrics must not be answered for every other host).
+  let metricsPath = opts.metricsPath
   const routeConfigs = new RouteConfigReader()
 
   function admissionOnRequest (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
@@ -210,11 +212,20 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
 
   fastify.addHook('onRequest', admissionOnRequest)
 
+  function yieldMetricsPath (): void {
+    fastify.log.info({ path: metricsPath }, 'fastify-admission: the application has its own route at the metrics path; the plugin does not serve it')
+    metricsPath = false
+  }
+
   fastify.addHook('onRoute', function admissionOnRoute (route: RouteOptions) {
     resolveRouteConfig(route.config?.admission, `${String(route.method)} ${route.url}`)
+    if (metricsPath !== false && route.url === metricsPath) yieldMetricsPath()
   })
 
   fastify.addHook('onReady', function admissionCheckHookOrder (done) {
+    // Routes declared before the plugin were not seen by onRoute (constrained ones are not found here).
+    const path = metricsPath
+    if (path !== false && fastify.supportedMethods.some(method => fastify.hasRoute({ method, url: path }))) yieldMetricsPath()
     const before = hooksBeforeAdmission(fastify, admissionOnRequest.name)
     if (before.length > 0) {
       fastify.log.warn({ hooks: before },

@@ -121,6 +121,23 @@ t.test('regression: the default /metrics route collided with the app\'s own (dec
   }
 })
 
+t.test('regression: an app\'s /metrics reserved for an internal host was served to every other host by the fallback', async t => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(admission, { registry: new Registry(), ...quiet })
+  app.get('/metrics', { constraints: { host: 'metrics.internal' } }, async () => 'internal')
+  await app.ready()
+  t.equal((await app.inject({ url: '/metrics', headers: { host: 'metrics.internal' } })).body, 'internal')
+  t.equal((await app.inject({ url: '/metrics', headers: { host: 'public.example.com' } })).statusCode, 404, 'not served elsewhere')
+
+  const posted = Fastify()
+  t.teardown(() => posted.close())
+  posted.post('/metrics', async () => 'posted') // declared before the plugin, another method
+  posted.register(admission, { registry: new Registry(), ...quiet })
+  await posted.ready()
+  t.equal((await posted.inject('/metrics')).statusCode, 404, 'a route of any method at the path turns the fallback off')
+})
+
 t.test('the metrics path: moved, disabled, query strings, other methods', async t => {
   const app = Fastify()
   t.teardown(() => app.close())
