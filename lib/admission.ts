@@ -126,12 +126,11 @@ export class AdmissionController {
   readonly #graceUntil: number
   readonly #onShedding: ControllerHooks['onShedding']
   readonly #recentElu: ControllerHooks['recentElu']
-  readonly #now: () => number
   /**
    * Observe mode: when each permit enforce would have held ends. A ring, oldest first; its length is
    * the in-flight count enforce would have.
    */
-  readonly #virtualEnds: Float64Array | undefined
+  readonly #virtual: { ends: Float64Array, now: () => number } | undefined
   #virtualHead = 0
   #virtualCount = 0
   #enforcing = false
@@ -160,8 +159,9 @@ export class AdmissionController {
     this.#graceUntil = nowMs + settings.graceMs
     this.#onShedding = hooks.onShedding
     this.#recentElu = hooks.recentElu
-    this.#now = hooks.now ?? (() => NaN)
-    this.#virtualEnds = settings.mode === 'observe' && hooks.now !== undefined ? new Float64Array(settings.maxLimit + 1) : undefined
+    this.#virtual = settings.mode === 'observe' && hooks.now !== undefined
+      ? { ends: new Float64Array(settings.maxLimit + 1), now: hooks.now }
+      : undefined
   }
 
   get limit (): number {
@@ -206,9 +206,10 @@ export class AdmissionController {
    * baseline latency. Until both are known, the real count of would-be-admitted requests is used.
    */
   #decisionInflight (): number {
-    const ends = this.#virtualEnds
-    if (ends === undefined || !(this.limiter.baselineMs > 0 && this.limiter.capacity > 0)) return this.inflight - this.observedInflight
-    const now = this.#now()
+    const virtual = this.#virtual
+    if (virtual === undefined || !(this.limiter.baselineMs > 0 && this.limiter.capacity > 0)) return this.inflight - this.observedInflight
+    const { ends } = virtual
+    const now = virtual.now()
     while (this.#virtualCount > 0 && !((ends[this.#virtualHead] as number) > now)) {
       this.#virtualHead = (this.#virtualHead + 1) % ends.length
       this.#virtualCount--
@@ -217,10 +218,11 @@ export class AdmissionController {
   }
 
   #virtualAdmit (): void {
-    const ends = this.#virtualEnds
-    if (ends === undefined || this.#virtualCount === ends.length || !(this.limiter.baselineMs > 0 && this.limiter.capacity > 0)) return
+    const virtual = this.#virtual
+    if (virtual === undefined || this.#virtualCount === virtual.ends.length || !(this.limiter.baselineMs > 0 && this.limiter.capacity > 0)) return
+    const { ends } = virtual
     const holdMs = Math.max(this.limiter.baselineMs, 1000 * this.limiter.limit / this.limiter.capacity)
-    ends[(this.#virtualHead + this.#virtualCount) % ends.length] = this.#now() + holdMs
+    ends[(this.#virtualHead + this.#virtualCount) % ends.length] = virtual.now() + holdMs
     this.#virtualCount++
   }
 

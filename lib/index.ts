@@ -94,7 +94,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     graceMs: opts.startupGrace,
     retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
     quietMs: QUIET_MS
-  }, performance.now(), { onShedding: logShedding, recentElu: () => monitor.recentElu(), now: () => performance.now() })
+  }, performance.now(), { onShedding: logShedding, recentElu: () => monitor.recentElu(), now: performance.now.bind(performance) })
   const permits = new Permits(controller.release.bind(controller), performance.now.bind(performance))
   // Everything that can fail comes before the monitor and the timer start: a failed boot leaves
   // nothing running.
