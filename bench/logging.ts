@@ -21,6 +21,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import type { FastifyRequest } from 'fastify'
 import { commandExists, hasTaskset, installExitHandlers, killAllChildren, pinSelf, runCommand, track } from './proc.js'
+import { median } from './stats.js'
 
 interface Variant {
   id: string
@@ -185,11 +186,6 @@ async function linesPerRequest (v: Variant, dir: string): Promise<number | undef
   const marks = lines.flatMap((l, i) => l.includes(`"msg":"${MARK}"`) ? [i] : [])
   if (marks.length !== 2) throw new Error(`expected 2 marks in ${file}, found ${marks.length}`)
   return ((marks[1] as number) - (marks[0] as number) - 1) / r.requests
-}
-
-function median (xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b)
-  return s.length === 0 ? NaN : s.length % 2 === 1 ? s[s.length >> 1] as number : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2
 }
 
 async function main (): Promise<void> {

@@ -5,7 +5,7 @@ import { performance } from 'node:perf_hooks'
 import { runClosedLoop, runOpenLoop, type OpenLoopResult, type Phase, type Route } from './open-loop.js'
 import { commandExists, cpuSnapshot, interference, pidAlive, runCommand, startServer, waitQuiet, type Interference, type ServerHandle, type StartOptions } from './proc.js'
 import type { Contender, SeriesPoint } from './server.js'
-import { Outcome, bucketStats, windowStats, type WindowStats } from './stats.js'
+import { Outcome, bucketStats, median, windowStats, type WindowStats } from './stats.js'
 
 export interface BenchConfig {
   quick: boolean
@@ -621,9 +621,7 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
     const base = mean.bare ?? 0
     const meanRatio = base > 0 ? (mean.admission ?? 0) / base : 0
     const roundRatios = res.map(r => (r.bare ?? 0) > 0 ? (r.admission ?? 0) / (r.bare as number) : 0)
-    const sorted = [...roundRatios].sort((a, b) => a - b)
-    const mid = sorted.length >> 1
-    const median = sorted.length === 0 ? 0 : sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
+    const middle = roundRatios.length === 0 ? 0 : median(roundRatios)
     return {
       tool,
       connections,
@@ -632,7 +630,7 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
       mean,
       roundRatios: roundRatios.map(x => round(x, 3) ?? 0),
       cpuPerRequestUs,
-      ratio: round(median, 3) ?? 0,
+      ratio: round(middle, 3) ?? 0,
       meanRatio: round(meanRatio, 3) ?? 0,
       ...(useWrk ? {} : { note: 'closed-loop client may be the bottleneck: the ratio is then biased towards 1' })
     }

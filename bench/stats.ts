@@ -59,6 +59,13 @@ export function percentile (sorted: ArrayLike<number>, p: number): number | null
   return sorted[idx] ?? null
 }
 
+/** Median of unsorted values; NaN for none. */
+export function median (values: readonly number[]): number {
+  const s = [...values].sort((a, b) => a - b)
+  const mid = s.length >> 1
+  return s.length === 0 ? NaN : s.length % 2 === 1 ? s[mid] as number : ((s[mid - 1] as number) + (s[mid] as number)) / 2
+}
+
 function sortedOf (values: number[]): Float64Array {
   const a = Float64Array.from(values)
   a.sort()

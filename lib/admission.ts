@@ -2,6 +2,7 @@
 // and no clock: the glue passes `now` and the sampled loop signals in.
 
 import { AdaptiveLimit, clamp, finiteOr, PRESSURE_ELU, type LimitSettings } from './limit.js'
+import { ExpiringPermits } from './expiring-permits.js'
 import { RetryAfterPolicy, type RetryAfterSettings } from './retry-after.js'
 
 export type Mode = 'enforce' | 'observe'
@@ -130,9 +131,7 @@ export class AdmissionController {
    * Observe mode: when each permit enforce would have held ends. A ring, oldest first; its length is
    * the in-flight count enforce would have.
    */
-  readonly #virtual: { ends: Float64Array, now: () => number } | undefined
-  #virtualHead = 0
-  #virtualCount = 0
+  readonly #virtual: ExpiringPermits | undefined
   #enforcing = false
   #graceOver = false
   // Window accumulators, reset by onWindow().
@@ -160,7 +159,7 @@ export class AdmissionController {
     this.#onShedding = hooks.onShedding
     this.#recentElu = hooks.recentElu
     this.#virtual = settings.mode === 'observe' && hooks.now !== undefined
-      ? { ends: new Float64Array(settings.maxLimit + 1), now: hooks.now }
+      ? new ExpiringPermits(settings.maxLimit + 1, hooks.now)
       : undefined
   }
 
@@ -181,7 +180,7 @@ export class AdmissionController {
       if (this.#decisionInflight() < this.limiter.limit || (!this.#enforcing && !this.#busyNow())) {
         this.inflight++
         this.totals.admitted++
-        this.#virtualAdmit()
+        this.#timedVirtual()?.add(Math.max(this.limiter.baselineMs, 1000 * this.limiter.limit / this.limiter.capacity))
         return 'admitted'
       }
       veto = 'limit'
@@ -206,24 +205,12 @@ export class AdmissionController {
    * baseline latency. Until both are known, the real count of would-be-admitted requests is used.
    */
   #decisionInflight (): number {
-    const virtual = this.#virtual
-    if (virtual === undefined || !(this.limiter.baselineMs > 0 && this.limiter.capacity > 0)) return this.inflight - this.observedInflight
-    const { ends } = virtual
-    const now = virtual.now()
-    while (this.#virtualCount > 0 && !((ends[this.#virtualHead] as number) > now)) {
-      this.#virtualHead = (this.#virtualHead + 1) % ends.length
-      this.#virtualCount--
-    }
-    return this.#virtualCount
+    return this.#timedVirtual()?.count() ?? this.inflight - this.observedInflight
   }
 
-  #virtualAdmit (): void {
-    const virtual = this.#virtual
-    if (virtual === undefined || this.#virtualCount === virtual.ends.length || !(this.limiter.baselineMs > 0 && this.limiter.capacity > 0)) return
-    const { ends } = virtual
-    const holdMs = Math.max(this.limiter.baselineMs, 1000 * this.limiter.limit / this.limiter.capacity)
-    ends[(this.#virtualHead + this.#virtualCount) % ends.length] = virtual.now() + holdMs
-    this.#virtualCount++
+  /** Observe mode's would-be permits, once capacity and baseline are known to time them. */
+  #timedVirtual (): ExpiringPermits | undefined {
+    return this.limiter.baselineMs > 0 && this.limiter.capacity > 0 ? this.#virtual : undefined
   }
 
   /** The loop is saturated right now (past the startup grace): enforce until the window closes. */

@@ -13,8 +13,9 @@ export interface Ceilings {
   veto (): RejectReason | undefined
 }
 
-/** Registers under-pressure for the ceilings asked for; undefined when none is. */
-export async function registerCeilings (fastify: FastifyInstance, ceilings: Readonly<UnderPressureCeilings>): Promise<Ceilings | undefined> {
+/** Registers under-pressure for the ceilings asked for; undefined when none is (or `false`). */
+export async function registerCeilings (fastify: FastifyInstance, ceilings: Readonly<UnderPressureCeilings> | false): Promise<Ceilings | undefined> {
+  if (ceilings === false) return undefined
   const maxHeap = ceilings.maxHeapUsedBytes ?? 0
   const maxRss = ceilings.maxRssBytes ?? 0
   if (maxHeap === 0 && maxRss === 0 && ceilings.healthCheck === undefined) return undefined

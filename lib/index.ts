@@ -14,7 +14,7 @@ import fp from 'fastify-plugin'
 import {
   AdmissionController, DEFAULT_CLASS, type AdmissionSnapshot, type SheddingEvent
 } from './admission.js'
-import { registerCeilings, type Ceilings } from './ceilings.js'
+import { registerCeilings } from './ceilings.js'
 import { hooksBeforeAdmission } from './hook-order.js'
 import { registerMetrics } from './metrics.js'
 import {
@@ -110,12 +110,9 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     metrics.unregister()
     throw err
   }
-  let ceilings: Ceilings | undefined
-  if (opts.underPressure !== false) {
-    // Registered in a child context of its own: its decorators cannot collide with an instance the app
-    // registers before or after, and its refusals go through this plugin's decision.
-    ceilings = await registerCeilings(fastify, opts.underPressure)
-  }
+  // In a child context of its own: its decorators cannot collide with an instance the app registers
+  // before or after, and its verdict goes through this plugin's decision.
+  const ceilings = await registerCeilings(fastify, opts.underPressure)
 
   const statusCode = opts.statusCode
   const refusalBody = JSON.stringify({

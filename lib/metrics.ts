@@ -6,8 +6,6 @@ import type { AdmissionController, RejectReason } from './admission.js'
 import { MetricsConflictError } from './options.js'
 
 export interface MetricsHandle {
-  /** Where this instance's metrics live. */
-  readonly registry: Registry
   /** Content type of text(). */
   readonly contentType: string
   /** The exposition served at the metrics path. */
@@ -105,12 +103,10 @@ export function registerMetrics (controller: AdmissionController, prefix: string
     }
   })
 
-  const own = registry
   return {
-    registry,
     contentType: registry.contentType,
     async text () {
-      const mine = await own.metrics()
+      const mine = await registry.metrics()
       if (alsoServe === undefined) return mine
       // The global registry also holds the first instance's series under the same names: leave those
       // families out, or every one would appear twice (invalid exposition).
