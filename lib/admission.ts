@@ -1,9 +1,10 @@
 // The admission decision: permits, outcome counters, window accounting, shedding episodes. No Fastify
 // and no clock: the glue passes `now` and the sampled loop signals in.
 
-import { AdaptiveLimit, clamp, finiteOr, PRESSURE_ELU, type LimitSettings } from './limit.js'
+import { AdaptiveLimit, clamp, finiteOr, type LimitSettings } from './limit.js'
 import { ExpiringPermits } from './expiring-permits.js'
 import { RetryAfterPolicy, type RetryAfterSettings } from './retry-after.js'
+import type { LoopTurns } from './turns.js'
 
 export type Mode = 'enforce' | 'observe'
 
@@ -11,7 +12,7 @@ export type Mode = 'enforce' | 'observe'
  * Why a request was refused: the adaptive limit, one of the ceilings @fastify/under-pressure watches, or
  * the server draining on close.
  */
-export type RejectReason = 'limit' | 'heap' | 'rss' | 'health' | 'drain'
+export type RejectReason = 'limit' | 'inflight' | 'delay' | 'utilization' | 'heap' | 'rss' | 'health' | 'drain'
 
 /** Outcome of one admission decision. `observed` = over the limit in observe mode: let through, counted. */
 export type Outcome = 'admitted' | 'rejected' | 'observed'
@@ -40,6 +41,12 @@ export interface ControllerSettings extends LimitSettings {
   retryAfter: RetryAfterSettings
   /** A shedding episode ends after this long without refusals. */
   quietMs: number
+  /** Hard ceiling on requests in flight, enforced always; 0 = none. */
+  maxInflight: number
+  /** Every request is refused while the last window's loop delay (p99) exceeds this, ms; 0 = none. */
+  maxDelayMs: number
+  /** Every request is refused while the last window's loop utilisation exceeds this; 0 = none. */
+  maxUtilization: number
 }
 
 /** Read-only view of the controller, as `fastify.admission` returns it. */
@@ -86,16 +93,22 @@ export interface ControllerHooks {
   /** Told when a shedding episode starts or stops. */
   onShedding?: (event: NonNullable<SheddingEvent>, nowMs: number) => void
   /**
-   * Event-loop utilisation over the last few milliseconds. Asked only when a request finds the limit
-   * reached while it is not enforced, so that a sudden overload is met within milliseconds rather
-   * than at the end of the sampling window.
+   * The loop's turns: the decision refuses what arrives after a congested turn's budget, and enforces
+   * the concurrency limit only while the loop has a standing queue. Without it (pure tests of the
+   * limit), the limit is enforced while the sampled windows show pressure.
    */
-  recentElu?: () => number
+  turns?: LoopTurns
   /** Clock in milliseconds; observe mode needs it to age the permits enforce would have held. */
   now?: () => number
 }
 
-const REASONS: readonly RejectReason[] = ['limit', 'heap', 'rss', 'health', 'drain']
+/**
+ * While connections wait to be accepted, the concurrency limit is enforced at this share: fewer
+ * requests in flight leave the loop idle moments, and every turn lets one more connection in.
+ */
+export const ACCEPT_SHARE = 0.25
+
+const REASONS: readonly RejectReason[] = ['limit', 'inflight', 'delay', 'utilization', 'heap', 'rss', 'health', 'drain']
 
 function zeroByReason (): Record<RejectReason, number> {
   const r = {} as Record<RejectReason, number>
@@ -126,14 +139,16 @@ export class AdmissionController {
   readonly #settings: ControllerSettings
   readonly #graceUntil: number
   readonly #onShedding: ControllerHooks['onShedding']
-  readonly #recentElu: ControllerHooks['recentElu']
+  readonly #turns: LoopTurns | undefined
   /**
    * Observe mode: when each permit enforce would have held ends. A ring, oldest first; its length is
    * the in-flight count enforce would have.
    */
   readonly #virtual: ExpiringPermits | undefined
   #enforcing = false
-  #graceOver = false
+  /** A hard loop ceiling exceeded in the last window: every request is refused until the next. */
+  #ceiling: RejectReason | undefined
+  #graceOver: boolean
   // Window accumulators, reset by onWindow().
   #arrivals = 0
   /** Refusals of any reason (episodes, Retry-After). */
@@ -156,8 +171,9 @@ export class AdmissionController {
     this.limiter = new AdaptiveLimit(settings, settings.mode === 'enforce')
     this.retryAfter = new RetryAfterPolicy(settings.retryAfter, hooks.random)
     this.#graceUntil = nowMs + settings.graceMs
+    this.#graceOver = settings.graceMs <= 0
     this.#onShedding = hooks.onShedding
-    this.#recentElu = hooks.recentElu
+    this.#turns = hooks.turns
     this.#virtual = settings.mode === 'observe' && hooks.now !== undefined
       ? new ExpiringPermits(settings.maxLimit + 1, hooks.now)
       : undefined
@@ -175,9 +191,9 @@ export class AdmissionController {
    */
   acquire (_klass: RequestClass, _tenant?: string, veto?: RejectReason): Outcome {
     this.#arrivals++
-    if (veto === undefined && this.draining) veto = 'drain'
+    if (veto === undefined) veto = this.draining ? 'drain' : this.#ceiling ?? this.#inflightCeiling()
     if (veto === undefined) {
-      if (this.#decisionInflight() < this.limiter.limit || (!this.#enforcing && !this.#busyNow())) {
+      if (!this.#congested()) {
         this.inflight++
         this.totals.admitted++
         this.#timedVirtual()?.add(Math.max(this.limiter.baselineMs, 1000 * this.limiter.limit / this.limiter.capacity))
@@ -197,6 +213,12 @@ export class AdmissionController {
     return 'rejected'
   }
 
+  /** The hard in-flight ceiling, when set and reached. */
+  #inflightCeiling (): RejectReason | undefined {
+    const max = this.#settings.maxInflight
+    return max > 0 && this.inflight - this.observedInflight >= max ? 'inflight' : undefined
+  }
+
   /**
    * In-flight as enforce would see it. In observe mode the requests let through over the limit queue
    * for the CPU with the others, so every permit lasts longer than under enforce: counting real
@@ -213,11 +235,22 @@ export class AdmissionController {
     return this.limiter.baselineMs > 0 && this.limiter.capacity > 0 ? this.#virtual : undefined
   }
 
-  /** The loop is saturated right now (past the startup grace): enforce until the window closes. */
-  #busyNow (): boolean {
-    if (!this.#graceOver || this.#recentElu === undefined || !(this.#recentElu() >= PRESSURE_ELU)) return false
-    this.#enforcing = true
-    return true
+  /**
+   * Whether this request must wait for another time: it arrives after a congested turn's budget, or the
+   * loop has a standing queue and the concurrency limit is reached. Nothing is refused during the
+   * startup grace.
+   */
+  #congested (): boolean {
+    const turns = this.#turns
+    if (turns === undefined) return this.#enforcing && this.#decisionInflight() >= this.limiter.limit
+    const overBudget = turns.overBudget()
+    if (!this.#graceOver) return false
+    const backlog = turns.acceptBacklog()
+    if (!this.#enforcing) {
+      if (!backlog && !turns.standing()) return false
+      this.#enforcing = true
+    }
+    return overBudget || this.#decisionInflight() >= (backlog ? this.limiter.limit * ACCEPT_SHARE : this.limiter.limit)
   }
 
   /**
@@ -241,6 +274,10 @@ export class AdmissionController {
     const arrivals = this.#arrivals
     this.elu = clamp(finiteOr(loop.elu, 0), 0, 1)
     this.delayP99Ms = Math.max(0, finiteOr(loop.delayP99Ms, 0))
+    const { maxDelayMs, maxUtilization } = this.#settings
+    this.#ceiling = maxDelayMs > 0 && this.delayP99Ms > maxDelayMs
+      ? 'delay'
+      : maxUtilization > 0 && this.elu > maxUtilization ? 'utilization' : undefined
     this.limiter.update({
       durationMs,
       elu: this.elu,
@@ -249,7 +286,7 @@ export class AdmissionController {
       rejected: limitRefused
     })
     this.#graceOver = nowMs >= this.#graceUntil
-    this.#enforcing = this.limiter.pressure && this.#graceOver
+    this.#enforcing = this.#graceOver && (this.limiter.pressure || (this.#turns?.standing() ?? false))
     this.#arrivals = 0
     this.#refused = 0
     this.#limitRefused = 0

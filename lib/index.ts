@@ -23,6 +23,7 @@ import {
 import { Permits } from './permits.js'
 import { RouteConfigReader } from './route-config.js'
 import { LoopMonitor } from './signals.js'
+import { LoopTurns } from './turns.js'
 
 export type { AdmissionOptions, AdmissionRouteConfig, UnderPressureCeilings } from './options.js'
 export { InvalidOptionError, InvalidRouteConfigError, MetricsConflictError, resolveOptions } from './options.js'
@@ -79,22 +80,35 @@ export function skipRequestLogWhileShedding (request: FastifyRequest): boolean {
   return (request.server as FastifyInstance & { [kAdmissionController]?: AdmissionController })[kAdmissionController]?.shedding === true
 }
 
+function loopIdleMs (): number {
+  return performance.nodeTiming.idleTime
+}
+
 function closeSocketOfResponse (this: ServerResponse): void {
   this.req.socket.destroy()
 }
 
 const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmission (fastify, rawOptions) {
   const opts = resolveOptions(rawOptions)
+  const turns = new LoopTurns({
+    budgetMs: opts.turnBudget,
+    targetMs: opts.turnBudget,
+    intervalMs: opts.congestionInterval
+  }, { now: performance.now.bind(performance), idle: loopIdleMs, atTurnEnd: setImmediate })
   const controller = new AdmissionController({
     mode: opts.mode,
     minLimit: opts.minLimit,
     maxLimit: opts.maxLimit,
     initialLimit: opts.initialLimit,
     headroom: opts.headroom,
+    busyTarget: opts.targetUtilization,
+    maxInflight: opts.maxInflight,
+    maxDelayMs: opts.maxEventLoopDelay,
+    maxUtilization: opts.maxEventLoopUtilization,
     graceMs: opts.startupGrace,
     retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
     quietMs: QUIET_MS
-  }, performance.now(), { onShedding: logShedding, recentElu: () => monitor.recentElu(), now: performance.now.bind(performance) })
+  }, performance.now(), { onShedding: logShedding, turns, now: performance.now.bind(performance) })
   const permits = new Permits(controller.release.bind(controller), performance.now.bind(performance))
   // Everything that can fail comes before the monitor and the timer start: a failed boot leaves
   // nothing running.
@@ -208,6 +222,8 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
   timer.unref()
 
   fastify.addHook('onRequest', admissionOnRequest)
+  const onConnection = (): void => { turns.connection() }
+  fastify.server.on('connection', onConnection)
 
   function yieldMetricsPath (): void {
     fastify.log.info({ path: metricsPath }, 'fastify-admission: the application has its own route at the metrics path; the plugin does not serve it')
@@ -255,6 +271,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
   })
 
   fastify.addHook('onClose', function admissionOnClose (_instance, done) {
+    fastify.server.removeListener('connection', onConnection)
     clearTimeout(drainTimer)
     clearInterval(timer)
     monitor.stop()

@@ -31,6 +31,8 @@ export interface LimitSettings {
   initialLimit: number
   /** Standing-queue allowance as a fraction of the baseline latency. */
   headroom: number
+  /** While the limit binds, the loop should be this busy: idler means the limit is too low. */
+  busyTarget: number
 }
 
 /** ELU at or above which the loop is under pressure and the limit is enforced. */
@@ -41,8 +43,8 @@ export const RELEASE_ELU = 0.75
 export const MIN_SAMPLES = 5
 /** Smoothing of the capacity and baseline estimates (per window, scaled by ELU for capacity). */
 export const SMOOTHING = 0.3
-/** While the limit binds, the loop should be this busy: idler means the limit is too low. */
-export const BUSY_TARGET = 0.98
+/** Standard deviations of random (Poisson) in-flight the limit allows above the model. */
+export const VARIANCE_ALLOWANCE = 3
 /** Bounds of the feedback gain on the model limit. */
 export const MIN_GAIN = 0.5
 export const MAX_GAIN = 3
@@ -58,7 +60,7 @@ export class AdaptiveLimit {
   pressure = false
   /**
    * Feedback on the model: while the limit binds (refusals under pressure) the gain integrates towards
-   * an ELU of BUSY_TARGET: an idle CPU while work is refused raises it, a saturated loop lowers it
+   * an ELU of the busy target: an idle CPU while work is refused raises it, a saturated loop lowers it
    * (so it cannot creep up). Without pressure it relaxes towards 1.
    */
   gain = 1
@@ -103,7 +105,7 @@ export class AdaptiveLimit {
     }
 
     if (this.pressure && w.rejected > 0) {
-      if (this.#feedback) this.gain = clamp(this.gain * (1 + BUSY_TARGET - elu), MIN_GAIN, MAX_GAIN)
+      if (this.#feedback) this.gain = clamp(this.gain * (1 + this.#settings.busyTarget - elu), MIN_GAIN, MAX_GAIN)
     } else if (!this.pressure) {
       this.gain += SMOOTHING * (1 - this.gain)
     }
@@ -111,9 +113,18 @@ export class AdaptiveLimit {
     if (this.capacity > 0 && this.baselineMs > 0) {
       const s = this.#settings
       const model = this.capacity * (this.baselineMs / 1000) * (1 + s.headroom) * this.gain
-      this.limit = clamp(Math.ceil(model), s.minLimit, s.maxLimit)
+      this.limit = clamp(limitOf(model), s.minLimit, s.maxLimit)
     }
   }
+}
+
+/**
+ * The limit for a model in-flight (capacity x baseline x headroom x gain). Random arrivals below
+ * capacity make in-flight fluctuate around its mean by about its square root: the limit allows
+ * VARIANCE_ALLOWANCE of those above the model, so that a burst the loop absorbs is not refused.
+ */
+export function limitOf (model: number): number {
+  return Math.ceil(model + VARIANCE_ALLOWANCE * Math.sqrt(model))
 }
 
 export function clamp (x: number, lo: number, hi: number): number {

@@ -49,10 +49,50 @@ export interface AdmissionOptions {
    */
   sampleInterval?: number
   /**
-   * Nothing is refused for this long after the plugin starts, while capacity is learned, milliseconds.
-   * @defaultValue 1000
+   * Nothing is refused for this long after the plugin starts, milliseconds. The loop-turn budget
+   * protects a process from its first request without anything learned, so the default is none; a
+   * grace lets a flood on a new instance queue work for its whole length.
+   * @defaultValue 0
    */
   startupGrace?: number
+  /**
+   * The loop delay the controller steers to, milliseconds (1-1000). While every loop turn has run at
+   * least this long for `congestionInterval` (a standing queue), a request read after its turn has run
+   * this long is refused. It bounds how long awaits, refusals and new connections wait, whatever the
+   * handlers do (synchronous ones included). Lower: faster refusals and awaits, fewer requests per turn.
+   * @defaultValue 5
+   */
+  turnBudget?: number
+  /**
+   * How long the loop must stay busy (turns late, or no idle moment) before it counts as overloaded,
+   * milliseconds (10-10000). Shorter reacts faster to a burst; longer refuses less when random arrivals
+   * below capacity bunch up.
+   * @defaultValue 100
+   */
+  congestionInterval?: number
+  /**
+   * Event-loop utilisation the limit steers to while it refuses (0.5-1). Lower leaves idle moments
+   * in which the loop accepts connections and answers refusals sooner, at the cost of throughput.
+   * @defaultValue 0.98
+   */
+  targetUtilization?: number
+  /**
+   * Hard ceiling on requests in flight, enforced always (not only under load); 0 = none.
+   * @defaultValue 0
+   */
+  maxInflight?: number
+  /**
+   * Hard ceiling on event-loop delay (99th percentile over the last sampling window), milliseconds:
+   * every request is refused while it is exceeded, as @fastify/under-pressure does; 0 = none.
+   * @defaultValue 0
+   */
+  maxEventLoopDelay?: number
+  /**
+   * Hard ceiling on event-loop utilisation over the last sampling window (0-1): every request is
+   * refused while it is exceeded; 0 = none.
+   * @defaultValue 0
+   */
+  maxEventLoopUtilization?: number
   /**
    * Limit used until capacity and baseline latency have been measured.
    * @defaultValue 50
@@ -131,6 +171,12 @@ export interface ResolvedOptions {
   readonly statusCode: 503 | 429
   readonly sampleInterval: number
   readonly startupGrace: number
+  readonly turnBudget: number
+  readonly congestionInterval: number
+  readonly targetUtilization: number
+  readonly maxInflight: number
+  readonly maxEventLoopDelay: number
+  readonly maxEventLoopUtilization: number
   readonly drainTimeout: number
   readonly initialLimit: number
   readonly minLimit: number
@@ -145,7 +191,8 @@ export interface ResolvedOptions {
 }
 
 const KNOWN = new Set<string>([
-  'mode', 'statusCode', 'sampleInterval', 'startupGrace', 'drainTimeout', 'initialLimit', 'minLimit', 'maxLimit',
+  'mode', 'statusCode', 'sampleInterval', 'startupGrace', 'turnBudget', 'congestionInterval',
+  'targetUtilization', 'maxInflight', 'maxEventLoopDelay', 'maxEventLoopUtilization', 'drainTimeout', 'initialLimit', 'minLimit', 'maxLimit',
   'headroom', 'retryAfterMin', 'retryAfterMax', 'registry', 'metricsPrefix', 'metricsPath', 'underPressure'
 ])
 const UNDER_PRESSURE_KNOWN = new Set<string>([
@@ -168,6 +215,16 @@ function integer (opts: Record<string, unknown>, name: string, fallback: number,
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
     throw new InvalidOptionError(name, `an integer from ${min} to ${max}`, show(value))
+  }
+  return value
+}
+
+/** A number from `min` to 1 (or 0 when `min` is 0: the ceiling is off). */
+function fraction (opts: Record<string, unknown>, name: string, fallback: number, min: number): number {
+  const value = opts[name]
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !(value >= min && value <= 1)) {
+    throw new InvalidOptionError(name, `a number from ${min} to 1`, show(value))
   }
   return value
 }
@@ -229,7 +286,13 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   const mode = oneOf<Mode>(opts, 'mode', ['enforce', 'observe'])
   const statusCode = oneOf<503 | 429>(opts, 'statusCode', [503, 429])
   const sampleInterval = integer(opts, 'sampleInterval', 100, 10, 10_000)
-  const startupGrace = integer(opts, 'startupGrace', 1000, 0, 600_000)
+  const startupGrace = integer(opts, 'startupGrace', 0, 0, 600_000)
+  const turnBudget = integer(opts, 'turnBudget', 5, 1, 1000)
+  const congestionInterval = integer(opts, 'congestionInterval', 100, 10, 10_000)
+  const targetUtilization = fraction(opts, 'targetUtilization', 0.98, 0.5)
+  const maxInflight = integer(opts, 'maxInflight', 0, 0, 10_000_000)
+  const maxEventLoopDelay = integer(opts, 'maxEventLoopDelay', 0, 0, 600_000)
+  const maxEventLoopUtilization = fraction(opts, 'maxEventLoopUtilization', 0, 0)
   const drainTimeout = integer(opts, 'drainTimeout', 10_000, 0, 3_600_000)
   const minLimit = integer(opts, 'minLimit', 2, 1, 1_000_000)
   const maxLimit = integer(opts, 'maxLimit', 10_000, 1, 1_000_000)
@@ -263,6 +326,12 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     statusCode,
     sampleInterval,
     startupGrace,
+    turnBudget,
+    congestionInterval,
+    targetUtilization,
+    maxInflight,
+    maxEventLoopDelay,
+    maxEventLoopUtilization,
     drainTimeout,
     initialLimit,
     minLimit,

@@ -13,17 +13,11 @@ export function excessDelayMs (recordedNs: number, resolutionMs: number): number
   return ms > 0 && Number.isFinite(ms) ? ms : 0
 }
 
-/** recentElu() looks back at least this far, milliseconds. */
-export const RECENT_MS = 10
-
 export class LoopMonitor {
   readonly #resolutionMs: number
   readonly #histogram: IntervalHistogram
   #elu: EventLoopUtilization
   #lastMs: number
-  #recent: EventLoopUtilization
-  #recentAt: number
-  #recentValue = 0
 
   constructor (resolutionMs: number) {
     this.#resolutionMs = resolutionMs
@@ -31,20 +25,6 @@ export class LoopMonitor {
     this.#histogram.enable()
     this.#elu = performance.eventLoopUtilization()
     this.#lastMs = performance.now()
-    this.#recent = this.#elu
-    this.#recentAt = this.#lastMs
-  }
-
-  /** Utilisation since the previous call, recomputed at most every RECENT_MS (cheap to call often). */
-  recentElu (): number {
-    const now = performance.now()
-    if (now - this.#recentAt >= RECENT_MS) {
-      const elu = performance.eventLoopUtilization()
-      this.#recentValue = performance.eventLoopUtilization(elu, this.#recent).utilization
-      this.#recent = elu
-      this.#recentAt = now
-    }
-    return this.#recentValue
   }
 
   /** Signals since the previous read (or since construction). */

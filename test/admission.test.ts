@@ -1,5 +1,7 @@
 import t from 'tap'
 import { AdmissionController, DEFAULT_CLASS, type ControllerSettings } from '../lib/admission.js'
+import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
+import { fakeLoop } from './helpers/loop.js'
 
 const base: ControllerSettings = {
   mode: 'enforce',
@@ -7,9 +9,13 @@ const base: ControllerSettings = {
   maxLimit: 1000,
   initialLimit: 2,
   headroom: 0.5,
+  busyTarget: 0.98,
   graceMs: 0,
   retryAfter: { min: 1, max: 8 },
-  quietMs: 1000
+  quietMs: 1000,
+  maxInflight: 0,
+  maxDelayMs: 0,
+  maxUtilization: 0
 }
 const busy = { durationMs: 100, elu: 1, delayP99Ms: 4 }
 const idle = { durationMs: 100, elu: 0.1, delayP99Ms: 0 }
@@ -140,37 +146,107 @@ t.test('saturation: ≈ ELU below overload, offered ÷ capacity above it; never 
   t.ok(Object.isFrozen(snap))
 })
 
-t.test('a sudden overload is met before the window closes: the recent ELU is asked at the limit', async t => {
-  let busy = 0
-  let asked = 0
-  const c = new AdmissionController({ ...base, graceMs: 100 }, 0, { recentElu: () => { asked++; return busy } })
-  c.acquire(DEFAULT_CLASS)
-  c.acquire(DEFAULT_CLASS)
-  busy = 1
-  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'startup grace: not even asked')
-  t.equal(asked, 0)
+t.test('a sudden overload is met before the window closes: a loop busy for the interval enforces at once', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns({ budgetMs: 5, targetMs: 5, intervalMs: 100 }, loop.clock)
+  const c = new AdmissionController(base, 0, { turns })
   c.onWindow(idle, 100)
-  busy = 0.3
-  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'at the limit but the loop is idle (slow downstream): admitted')
-  t.equal(asked, 1)
-  busy = 0.95
-  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'at the limit with a busy loop: refused at once')
-  busy = 0
-  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'and enforced until the window closes')
-  t.equal(asked, 2, 'no further asking while enforced')
+  // Short turns, no idle: in-flight climbs past the limit (2) while the loop is not yet standing.
+  for (let i = 0; i < 4; i++) {
+    t.equal(c.acquire(DEFAULT_CLASS), 'admitted', `turn ${i}: not standing yet`)
+    loop.work(20)
+    loop.endTurn()
+  }
+  t.equal(turns.standing(), false, '80 ms')
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'at the limit but the loop has been busy only 80 ms')
+  loop.work(30)
+  loop.endTurn()
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'busy 110 ms without a break: the limit is enforced at once')
+  loop.endTurn()
+  for (let i = 0; i < 5; i++) c.release(10, true)
+  loop.wait(5)
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'below the limit again')
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'enforced until the window closes, idle or not')
+  loop.endTurn()
   c.onWindow(idle, 200)
   t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'the window decides again')
-  t.equal(c.acquire(DEFAULT_CLASS, undefined), 'admitted')
-  const never = new AdmissionController(base, 0)
-  never.onWindow(idle, 100)
-  never.acquire(DEFAULT_CLASS)
-  never.acquire(DEFAULT_CLASS)
-  t.equal(never.acquire(DEFAULT_CLASS), 'admitted', 'without a probe only the window decides')
-  const nan = new AdmissionController(base, 0, { recentElu: () => NaN })
-  nan.onWindow(idle, 100)
-  nan.acquire(DEFAULT_CLASS)
-  nan.acquire(DEFAULT_CLASS)
-  t.equal(nan.acquire(DEFAULT_CLASS), 'admitted', 'a NaN reading never refuses')
+  loop.endTurn()
+})
+
+t.test('a synchronous overload is shed by the turn budget although in-flight stays at 0', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns({ budgetMs: 5, targetMs: 5, intervalMs: 100 }, loop.clock)
+  const c = new AdmissionController({ ...base, initialLimit: 50 }, 0, { turns })
+  const outcomes: string[] = []
+  for (let i = 0; i < 6; i++) {
+    // Three 10 ms synchronous requests per turn: each finishes before the next is read.
+    for (let r = 0; r < 3; r++) {
+      const outcome = c.acquire(DEFAULT_CLASS)
+      outcomes.push(outcome)
+      if (outcome === 'admitted') {
+        loop.work(10)
+        c.release(10, true)
+      } else {
+        loop.work(0.05)
+      }
+    }
+    loop.endTurn()
+  }
+  t.same(outcomes.slice(0, 12), Array(12).fill('admitted'), 'four turns of 30 ms: late for 120 ms')
+  t.same(outcomes.slice(12), ['admitted', 'rejected', 'rejected', 'admitted', 'rejected', 'rejected'])
+  t.equal(c.inflight, 0)
+  t.equal(c.totals.rejected.limit, 4)
+})
+
+t.test('connections waiting to be accepted: the limit is enforced at a quarter', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns({ budgetMs: 5, targetMs: 5, intervalMs: 100 }, loop.clock)
+  const c = new AdmissionController({ ...base, initialLimit: 8 }, 0, { turns })
+  for (let i = 0; i < ACCEPT_RUN; i++) {
+    turns.connection()
+    loop.work(4)
+    loop.endTurn()
+  }
+  turns.connection()
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', '2 of 8 in flight')
+  loop.endTurn()
+})
+
+t.test('a startup grace holds even the turn budget', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns({ budgetMs: 5, targetMs: 5, intervalMs: 100 }, loop.clock)
+  const c = new AdmissionController({ ...base, graceMs: 1000 }, 0, { turns })
+  for (let i = 0; i < 20; i++) {
+    t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+    loop.work(20)
+    loop.endTurn()
+  }
+  t.equal(turns.late(), true)
+})
+
+t.test('hard ceilings: in-flight always; loop delay and utilisation from the last window', async t => {
+  const c = controller({ maxInflight: 3, maxDelayMs: 50, maxUtilization: 0.95, initialLimit: 100 })
+  c.onWindow(idle, 100)
+  for (let i = 0; i < 3; i++) t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'in-flight ceiling, with an idle loop')
+  t.equal(c.totals.rejected.inflight, 1)
+  for (let i = 0; i < 3; i++) c.release(1, true)
+  c.onWindow({ durationMs: 100, elu: 0.5, delayP99Ms: 60 }, 200)
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'loop delay over its ceiling')
+  t.equal(c.totals.rejected.delay, 1)
+  c.onWindow({ durationMs: 100, elu: 0.97, delayP99Ms: 10 }, 300)
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'utilisation over its ceiling')
+  t.equal(c.totals.rejected.utilization, 1)
+  c.onWindow({ durationMs: 100, elu: 0.5, delayP99Ms: 10 }, 400)
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'both back under')
+  const observe = controller({ mode: 'observe', maxInflight: 1 })
+  observe.acquire(DEFAULT_CLASS)
+  t.equal(observe.acquire(DEFAULT_CLASS), 'observed', 'observe refuses nothing')
+  t.equal(observe.totals.observed.inflight, 1)
+  t.equal(observe.acquire(DEFAULT_CLASS), 'observed', 'and counts only what enforce would have admitted')
 })
 
 /** A window in which `n` requests of 10 ms finished, with the given ELU. */

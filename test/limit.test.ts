@@ -1,7 +1,7 @@
 import t from 'tap'
-import { AdaptiveLimit, MIN_SAMPLES, type WindowStats } from '../lib/limit.js'
+import { AdaptiveLimit, limitOf, MIN_SAMPLES, type WindowStats } from '../lib/limit.js'
 
-const settings = { minLimit: 2, maxLimit: 1000, initialLimit: 50, headroom: 0.5 }
+const settings = { minLimit: 2, maxLimit: 1000, initialLimit: 50, headroom: 0.5, busyTarget: 0.98 }
 
 function win (over: Partial<WindowStats>): WindowStats {
   return { durationMs: 100, elu: 0.5, completed: 20, latencySumMs: 20 * 20, rejected: 0, ...over }
@@ -22,7 +22,7 @@ t.test('first informative window: capacity = completions per busy second, limit 
   t.equal(l.capacity, 400)
   t.equal(l.baselineMs, 20)
   // 400/s · 0.020 s · 1.5 = 12
-  t.equal(l.limit, 12)
+  t.equal(l.limit, limitOf(12))
   t.equal(l.pressure, false)
 })
 
@@ -58,16 +58,16 @@ t.test('under pressure latency carries queueing: the baseline only falls', async
   l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 90 }))
   t.equal(l.baselineMs, 20, 'queueing does not inflate the baseline')
   // capacity 400 + 0.3·(400 − 400) = 400 → limit stays 12
-  t.equal(l.limit, 12)
+  t.equal(l.limit, limitOf(12))
   l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 10 }))
   t.equal(l.baselineMs, 10, 'cheaper requests are learned at once')
-  t.equal(l.limit, 6)
+  t.equal(l.limit, limitOf(6))
 })
 
 t.test('a slow downstream with an idle CPU raises the limit instead of shedding', async t => {
   const l = new AdaptiveLimit(settings)
   l.update(win({}))
-  t.equal(l.limit, 12)
+  t.equal(l.limit, limitOf(12))
   // Downstream now takes 300 ms; the loop is 60 % busy: baseline += 0.3 · (300 − 20) = 104.
   l.update(win({ elu: 0.6, completed: 24, latencySumMs: 24 * 300 }))
   t.equal(l.baselineMs, 104)
@@ -76,7 +76,7 @@ t.test('a slow downstream with an idle CPU raises the limit instead of shedding'
   for (let i = 0; i < 20; i++) l.update(win({ elu: 0.6, completed: 24, latencySumMs: 24 * 300 }))
   t.ok(l.limit > before)
   // converges on 400/s · 0.3 s · 1.5 = 180
-  t.equal(l.limit, 180)
+  t.equal(l.limit, limitOf(180))
 })
 
 t.test('windows with too few samples teach nothing', async t => {
@@ -94,7 +94,7 @@ t.test('NaN, Infinity and empty windows never reach the limit', async t => {
   l.update(win({ durationMs: NaN }))
   l.update(win({ durationMs: Infinity }))
   l.update(win({ latencySumMs: Infinity }))
-  t.equal(l.limit, 12)
+  t.equal(l.limit, limitOf(12))
   l.update(win({ elu: NaN }))
   t.equal(l.pressure, false, 'NaN ELU counts as idle')
   t.equal(l.capacity, 400, 'and teaches no capacity')
@@ -114,21 +114,21 @@ t.test('the limit stays within [minLimit, maxLimit]', async t => {
 t.test('headroom scales the standing queue allowance', async t => {
   const none = new AdaptiveLimit({ ...settings, headroom: 0 })
   none.update(win({}))
-  t.equal(none.limit, 8) // 400 · 0.02
+  t.equal(none.limit, limitOf(8)) // 400 · 0.02
   const double = new AdaptiveLimit({ ...settings, headroom: 1 })
   double.update(win({}))
-  t.equal(double.limit, 16)
+  t.equal(double.limit, limitOf(16))
 })
 
 t.test('feedback while shedding: an idle CPU raises the gain, a saturated loop lowers it', async t => {
   const l = new AdaptiveLimit(settings)
   l.update(win({}))
-  t.equal(l.limit, 12)
+  t.equal(l.limit, limitOf(12))
   // Refusing under pressure while the loop idles 10 %: gain x (1 + 0.98 - 0.9) = 1.08.
   l.update(win({ elu: 0.9, completed: 36, latencySumMs: 36 * 20, rejected: 50 }))
   t.equal(Math.round(l.gain * 1e9) / 1e9, 1.08)
   // capacity 400 + 0.3 * 0.9 * (400 - 400) = 400 -> 400 * 0.02 * 1.5 * 1.08 = 12.96
-  t.equal(l.limit, 13)
+  t.equal(l.limit, limitOf(400 * 0.02 * 1.5 * 1.08))
   // Saturated and refusing: x 0.98 per window, so the limit cannot creep up.
   l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 50 }))
   t.equal(Math.round(l.gain * 1e9) / 1e9, Math.round(1.08 * 0.98 * 1e9) / 1e9)

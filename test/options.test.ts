@@ -10,7 +10,13 @@ t.test('defaults: every option filled in, frozen', async t => {
     mode: 'enforce',
     statusCode: 503,
     sampleInterval: 100,
-    startupGrace: 1000,
+    startupGrace: 0,
+    turnBudget: 5,
+    congestionInterval: 100,
+    targetUtilization: 0.98,
+    maxInflight: 0,
+    maxEventLoopDelay: 0,
+    maxEventLoopUtilization: 0,
     drainTimeout: 10000,
     initialLimit: 50,
     minLimit: 2,
@@ -35,6 +41,12 @@ t.test('explicit values are kept, 0 where 0 is meaningful', async t => {
     statusCode: 429,
     sampleInterval: 50,
     startupGrace: 0,
+    turnBudget: 1,
+    congestionInterval: 10,
+    targetUtilization: 0.5,
+    maxInflight: 0,
+    maxEventLoopDelay: 0,
+    maxEventLoopUtilization: 0,
     minLimit: 1,
     maxLimit: 5,
     initialLimit: 5,
@@ -47,6 +59,13 @@ t.test('explicit values are kept, 0 where 0 is meaningful', async t => {
     underPressure: { maxHeapUsedBytes: 1e9, healthCheck, healthCheckInterval: 500 }
   })
   t.equal(o.startupGrace, 0)
+  t.equal(o.turnBudget, 1)
+  t.equal(o.congestionInterval, 10)
+  t.equal(o.targetUtilization, 0.5)
+  t.equal(o.maxEventLoopUtilization, 0, '0 = no ceiling')
+  t.same(resolveOptions({ maxInflight: 100, maxEventLoopDelay: 200, maxEventLoopUtilization: 1 }), {
+    ...resolveOptions({}), maxInflight: 100, maxEventLoopDelay: 200, maxEventLoopUtilization: 1
+  })
   t.equal(o.headroom, 0)
   t.equal(o.registry, registry)
   t.equal(o.metricsPrefix, '')
@@ -66,6 +85,15 @@ const invalid: Array<[string, unknown, RegExp]> = [
   ['sampleInterval', '100', /"sampleInterval".*received "100"/],
   ['startupGrace', -1, /"startupGrace": expected an integer from 0/],
   ['startupGrace', NaN, /"startupGrace".*received NaN/],
+  ['turnBudget', 0, /"turnBudget": expected an integer from 1 to 1000, received 0/],
+  ['turnBudget', 2.5, /"turnBudget".*received 2.5/],
+  ['congestionInterval', 5, /"congestionInterval": expected an integer from 10 to 10000, received 5/],
+  ['targetUtilization', 0.4, /"targetUtilization": expected a number from 0.5 to 1, received 0.4/],
+  ['targetUtilization', '0.9', /"targetUtilization".*received "0.9"/],
+  ['maxInflight', -1, /"maxInflight": expected an integer from 0/],
+  ['maxEventLoopDelay', NaN, /"maxEventLoopDelay".*received NaN/],
+  ['maxEventLoopUtilization', 1.5, /"maxEventLoopUtilization": expected a number from 0 to 1, received 1.5/],
+  ['maxEventLoopUtilization', -0.1, /"maxEventLoopUtilization".*received -0.1/],
   ['minLimit', 0, /"minLimit": expected an integer from 1/],
   ['maxLimit', Infinity, /"maxLimit".*received Infinity/],
   ['initialLimit', null, /"initialLimit".*received null/],

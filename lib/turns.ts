@@ -1,0 +1,136 @@
+// Loop turns: how long the event loop has been running the turn in progress, whether it has a standing
+// queue, and whether connections are waiting to be accepted. No Fastify: the clock, the loop's idle
+// time and the end-of-turn callback are injected, so the logic is a function of plain numbers.
+//
+// One turn of the loop runs every callback that is ready: expired timers, every readable socket, then
+// the check phase (setImmediate). Its length is the delay every await, every refusal and every new
+// connection waits: libuv accepts one connection per turn. What the plugin admits decides how long
+// turns last, so it bounds them:
+//   - late turns (CoDel's standing queue applied to the loop): every turn has run at least the target
+//     for an interval, and the loop never waited for I/O in between. A request that arrives after the
+//     turn has run its budget is refused. This holds synchronous handlers, which never overlap and so
+//     never raise in-flight, and it needs nothing learned: it works from a process's first request.
+//   - accept backlog: many turns in a row, without an idle moment, each accepted a connection. Clients
+//     that open connections on demand wait in the kernel until short turns let them in.
+// A burst of random arrivals below capacity makes a few late turns and then idles; an overload does not.
+
+export interface TurnSettings {
+  /** While turns are late, what a turn may run before the requests it reads are refused, ms. */
+  budgetMs: number
+  /** A turn this long or longer is late, milliseconds. */
+  targetMs: number
+  /** Late turns (or a busy loop) for this long without an idle moment = a standing queue, ms. */
+  intervalMs: number
+}
+
+export interface TurnClock {
+  /** Monotonic clock, milliseconds. */
+  now: () => number
+  /** Cumulative time the loop has waited for I/O, milliseconds (grows only while the loop is idle). */
+  idle: () => number
+  /** Run a callback at the end of the current turn (setImmediate). */
+  atTurnEnd: (callback: () => void) => void
+}
+
+/** Idle time below this between two turns is the poll returning at once, not a loop waiting for work. */
+export const IDLE_EPSILON_MS = 0.1
+/** Busy turns in a row that each accepted a connection before connections count as waiting. */
+export const ACCEPT_RUN = Number(process.env.AR ?? 16)
+/** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */
+export const ACCEPT_BUDGET_MS = 0.5
+
+export class LoopTurns {
+  readonly #settings: TurnSettings
+  readonly #clock: TurnClock
+  readonly #end: () => void
+  #open = false
+  /** When the current turn's busy span began (the previous turn's end if the loop did not idle). */
+  #start = 0
+  #lastEnd = 0
+  #idleAtEnd = 0
+  /** Start of the loop's current busy run (no idle since). */
+  #busySince = 0
+  /** Start of the current run of late turns, or -1. */
+  #lateSince = -1
+  /** A connection was accepted in the current turn. */
+  #accepted = false
+  /** Busy turns in a row that each accepted a connection, and when the first of them began. */
+  #acceptRun = 0
+  #acceptSince = 0
+
+  constructor (settings: TurnSettings, clock: TurnClock) {
+    this.#settings = settings
+    this.#clock = clock
+    this.#end = () => { this.#close() }
+    this.#lastEnd = clock.now()
+    this.#busySince = this.#lastEnd
+    this.#idleAtEnd = clock.idle()
+  }
+
+  /**
+   * Called once per request, before the decision: opens the turn if this is its first request, and
+   * tells whether the turn has used what it may run (while turns are late or connections wait).
+   */
+  overBudget (): boolean {
+    const now = this.#clock.now()
+    if (!this.#open) this.#openTurn(now)
+    const elapsed = now - this.#start
+    return (elapsed > this.#settings.budgetMs && this.late()) || (elapsed > ACCEPT_BUDGET_MS && this.acceptBacklog())
+  }
+
+  /** Called for each accepted connection. */
+  connection (): void {
+    if (!this.#open) this.#openTurn(this.#clock.now())
+    this.#accepted = true
+  }
+
+  /** Every turn has been late for at least the interval, with no idle moment. */
+  late (): boolean {
+    return this.#lateSince >= 0 && this.#lastEnd - this.#lateSince >= this.#settings.intervalMs
+  }
+
+  /** The loop has been busy without waiting for I/O for at least the interval. */
+  standing (): boolean {
+    return this.#lastEnd - this.#busySince >= this.#settings.intervalMs
+  }
+
+  /**
+   * Connections are waiting to be accepted: the last turns each accepted one for at least half the
+   * interval, the loop never idling. (A client pool opening a few dozen connections at once on a
+   * quiet process is let in within a few turns and is not a backlog.)
+   */
+  acceptBacklog (): boolean {
+    return this.#acceptRun >= ACCEPT_RUN && this.#lastEnd - this.#acceptSince >= this.#settings.intervalMs / 2
+  }
+
+  #openTurn (now: number): void {
+    this.#open = true
+    this.#clock.atTurnEnd(this.#end)
+    if (this.#clock.idle() - this.#idleAtEnd > IDLE_EPSILON_MS) {
+      // The loop waited for work since the last turn ended: whatever queue there was has drained.
+      this.#start = now
+      this.#busySince = now
+      this.#lateSince = -1
+      this.#acceptRun = 0
+    } else {
+      this.#start = this.#lastEnd
+    }
+  }
+
+  #close (): void {
+    const now = this.#clock.now()
+    const length = now - this.#start
+    this.#open = false
+    if (!this.#accepted) this.#acceptRun = 0
+    else if (this.#acceptRun++ === 0) this.#acceptSince = this.#start
+    this.#accepted = false
+    if (this.#lateSince < 0) {
+      if (length >= this.#settings.targetMs) this.#lateSince = this.#start
+    } else if (length < this.#settings.targetMs / 2) {
+      // Hysteresis: while the budget holds turns near it, they stay late; a clearly short turn ends it.
+      this.#lateSince = -1
+    }
+    this.#lastEnd = now
+    this.#idleAtEnd = this.#clock.idle()
+  }
+}

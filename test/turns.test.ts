@@ -1,0 +1,113 @@
+import t from 'tap'
+import { ACCEPT_BUDGET_MS, ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
+import { fakeLoop, type FakeLoop } from './helpers/loop.js'
+
+const settings = { budgetMs: 5, targetMs: 5, intervalMs: 100 }
+
+/** One busy turn (no idle before it) that reads `requests` requests, each taking `ms` of work. */
+function turn (loop: FakeLoop, turns: LoopTurns, requests: number, ms: number): boolean[] {
+  const verdicts: boolean[] = []
+  for (let i = 0; i < requests; i++) {
+    verdicts.push(turns.overBudget())
+    loop.work(ms)
+  }
+  loop.endTurn()
+  return verdicts
+}
+
+t.test('nothing is over budget until every turn has been late for the interval', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  // Synchronous 10 ms handlers, three ready per turn: each turn runs 30 ms.
+  for (let i = 0; i < 3; i++) t.same(turn(loop, turns, 3, 10), [false, false, false], `turn ${i}: not yet a standing queue`)
+  t.equal(turns.late(), false, '90 ms of late turns')
+  t.same(turn(loop, turns, 3, 10), [false, false, false])
+  t.equal(turns.late(), true, '120 ms of late turns: a standing queue')
+  t.same(turn(loop, turns, 3, 10), [false, true, true], 'the first request of a turn is read, the rest refused')
+})
+
+t.test('the previous turn counts against the budget when the loop did not idle in between', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  for (let i = 0; i < 5; i++) turn(loop, turns, 3, 10)
+  t.equal(turns.late(), true)
+  // Timers ran 6 ms before this turn's first request: already over the budget.
+  loop.work(6)
+  t.same(turn(loop, turns, 2, 1), [true, true])
+})
+
+t.test('an idle moment ends the standing queue at once', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  for (let i = 0; i < 5; i++) turn(loop, turns, 3, 10)
+  t.equal(turns.late(), true)
+  t.equal(turns.standing(), true)
+  loop.wait(1)
+  t.same(turn(loop, turns, 3, 10), [false, false, false], 'the queue drained: nothing refused')
+  t.equal(turns.late(), false)
+  t.equal(turns.standing(), false)
+  loop.wait(0.05)
+  turn(loop, turns, 1, 1)
+  t.equal(turns.standing(), false, 'a poll returning at once is not an idle moment: still the same busy run')
+})
+
+t.test('hysteresis: turns held near the budget stay late; a clearly short turn ends it', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  for (let i = 0; i < 5; i++) turn(loop, turns, 3, 10)
+  t.equal(turns.late(), true)
+  for (let i = 0; i < 10; i++) turn(loop, turns, 1, 3)
+  t.equal(turns.late(), true, 'turns of 3 ms (above half the target) keep it')
+  turn(loop, turns, 1, 2)
+  t.equal(turns.late(), false, 'a 2 ms turn ends it')
+  t.equal(turns.standing(), true, 'the loop is still busy without a break')
+})
+
+t.test('random arrivals below capacity: a few late turns, then idle: never late', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  for (let burst = 0; burst < 50; burst++) {
+    for (let i = 0; i < 4; i++) t.same(turn(loop, turns, 2, 10), [false, false])
+    loop.wait(30)
+  }
+  t.equal(turns.late(), false)
+})
+
+t.test('busy without a break for the interval is standing, however short the turns', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  for (let i = 0; i < 99; i++) turn(loop, turns, 1, 1)
+  t.equal(turns.standing(), false)
+  t.equal(turns.late(), false)
+  turn(loop, turns, 1, 1)
+  t.equal(turns.standing(), true)
+  t.equal(turns.late(), false, 'short turns are never late')
+})
+
+t.test('connections waiting to be accepted: a short turn budget until the loop idles', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  for (let i = 0; i < ACCEPT_RUN - 1; i++) {
+    turns.connection()
+    t.same(turn(loop, turns, 2, 2), [false, false])
+  }
+  t.equal(turns.acceptBacklog(), false, `${ACCEPT_RUN - 1} turns in a row`)
+  turn(loop, turns, 1, 1)
+  t.equal(turns.acceptBacklog(), false, 'a turn without a connection breaks the run')
+  for (let i = 0; i < ACCEPT_RUN; i++) {
+    turns.connection()
+    turn(loop, turns, 1, 0.1)
+  }
+  t.equal(turns.acceptBacklog(), false, 'a pool opening its connections at once is let in within a few ms')
+  for (let i = 0; i < 30; i++) {
+    turns.connection()
+    turn(loop, turns, 1, 2)
+  }
+  t.equal(turns.acceptBacklog(), true, 'one connection every turn for 60 ms')
+  turns.connection()
+  t.same(turn(loop, turns, 3, ACCEPT_BUDGET_MS), [false, false, true], 'reads for the accept budget, then refuses')
+  loop.wait(1)
+  turns.connection()
+  t.equal(turns.acceptBacklog(), false, 'the loop waited: nothing was queued')
+  loop.endTurn()
+})
