@@ -1,6 +1,9 @@
-// Benchmark runner: `npm run bench` (≤ 10 min) or `npm run bench:quick` (≤ 90 s).
+// Benchmark runner: `npm run bench` (≤ 10 min, then ≈ 7 min of hard cases) or `npm run bench:quick` (≤ 90 s).
 //
-//   tsx bench/run.ts [--quick] [--only sweep,step,slow,stall,bimodal,hello] [--contenders bare,admission,...]
+//   tsx bench/run.ts [--quick] [--only sweep,step,slow,stall,bimodal,hello,hard] [--contenders bare,admission,...] [--hard]
+//
+// The hard cases (hard.ts, also `npm run bench:hard`) run last, in full mode or with --hard, with the
+// capacity measured here; they write their own report (bench/results/hard-<date>.md|json).
 //
 // The runner (and its load generator) pins itself to CPU 1; every server under
 // test runs alone on CPU 0. Results: bench/results/<date>[-quick].json|html and
@@ -10,6 +13,7 @@ import os from 'node:os'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import { runHardBench } from './hard.js'
 import { goodputChart, renderHtml } from './html.js'
 import { commandExists, foreignLoad, hasTaskset, installExitHandlers, killAllChildren, pinSelf, prepareServerBundle, setQuietBudget } from './proc.js'
 import { gitState, isoDate, type BenchResults } from './results.js'
@@ -20,13 +24,15 @@ import {
 import { contenders as allContenders, type Contender } from './server.js'
 import { checkTargets } from './targets.js'
 
-const scenarioNames = ['sweep', 'step', 'slow', 'stall', 'bimodal', 'hello'] as const
+const scenarioNames = ['sweep', 'step', 'slow', 'stall', 'bimodal', 'hello', 'hard'] as const
 
 async function main (): Promise<void> {
   const t0 = performance.now()
   const { values } = parseArgs({
     options: {
       quick: { type: 'boolean', default: false },
+      // the hard cases in a quick run too (full runs include them unless --only leaves them out)
+      hard: { type: 'boolean', default: false },
       only: { type: 'string' },
       contenders: { type: 'string' },
       out: { type: 'string' },
@@ -164,6 +170,17 @@ async function main (): Promise<void> {
   printSummary(results, targets)
   log(`\nreport: bench/results/${base}.html (and ${latest}.html), data: ${base}.json`)
   log(`elapsed ${results.elapsedSeconds} s`)
+  if (only.has('hard') && (!quick || values.hard === true || values.only !== undefined)) {
+    await runHardBench({
+      log,
+      capacity,
+      ...(picked !== undefined ? { contenders: picked } : {}),
+      pinned,
+      outDir,
+      partial: partial || quick,
+      notes
+    })
+  }
   killAllChildren()
 }
 

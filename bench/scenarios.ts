@@ -66,7 +66,7 @@ export function genInfo (g: OpenLoopResult, intf?: Interference): GenInfo {
   }
 }
 
-export function serverInfo (m: Measured, fromS = 0, toS = Infinity): ServerInfo {
+export function serverInfo (m: Pick<Measured, 'series' | 'died'>, fromS = 0, toS = Infinity): ServerInfo {
   const pts = m.series.filter(p => p.t >= fromS && p.t < toS)
   const n = Math.max(1, pts.length)
   const limits = pts.map(p => p.limit).filter((x): x is number => typeof x === 'number')

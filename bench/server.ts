@@ -10,12 +10,16 @@
 // the admission contender, the plugin's snapshot is written to stdout (or to --series FILE).
 // BENCH_AUTH_MS=n adds an app-level async onRequest hook that awaits n ms (an auth/session lookup),
 // registered after the contender's plugin as an application would.
+// BENCH_LOGGER=1 turns Fastify's logger on (pino, level info: a line per request and per response, as
+// `logger: true` does) writing into a stream that discards the lines: stdout carries the time series.
+// /work?io=0 skips the await: with cpu2=0 as well the handler is one synchronous block of CPU work.
 import { createWriteStream } from 'node:fs'
 import { monitorEventLoopDelay, performance, type EventLoopUtilization } from 'node:perf_hooks'
+import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
-import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 
 export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission'] as const
 export type Contender = typeof contenders[number]
@@ -110,8 +114,15 @@ export async function loadAdmission (): Promise<FastifyPluginAsync> {
   return plugin as FastifyPluginAsync
 }
 
+/** `logger: true`'s logging (BENCH_LOGGER=1) into a sink, or no logger. */
+function loggerOption (): FastifyServerOptions['logger'] {
+  if (process.env.BENCH_LOGGER !== '1') return false
+  const discard = new Writable({ write (_chunk, _encoding, callback) { callback() } })
+  return { level: 'info', stream: discard }
+}
+
 export async function buildServer (contender: Contender): Promise<FastifyInstance> {
-  const app = Fastify({ logger: false })
+  const app = Fastify({ logger: loggerOption() })
   switch (contender) {
     case 'bare':
       break
