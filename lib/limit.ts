@@ -41,6 +41,8 @@ export const PRESSURE_ELU = 0.9
 export const RELEASE_ELU = 0.75
 /** Windows with fewer completions than this carry too little information to learn from. */
 export const MIN_SAMPLES = 5
+/** Windows pooled for want of completions are dropped after this many windows. */
+export const MAX_POOL_WINDOWS = 20
 /** Smoothing of the capacity and baseline estimates (per window, scaled by ELU for capacity). */
 export const SMOOTHING = 0.3
 /** Standard deviations of random (Poisson) in-flight the limit allows above the model. */
@@ -67,6 +69,7 @@ export class AdaptiveLimit {
 
   readonly #settings: LimitSettings
   readonly #feedback: boolean
+  #pool = emptyPool()
 
   /** `feedback` = false keeps the gain at 1 (observe mode: the refusals it counts are not shed). */
   constructor (settings: LimitSettings, feedback = true) {
@@ -80,7 +83,6 @@ export class AdaptiveLimit {
     const seconds = w.durationMs / 1000
     if (!(seconds > 0) || !Number.isFinite(seconds)) return
     const elu = clamp(finiteOr(w.elu, 0), 0, 1)
-    const enoughSamples = w.completed >= MIN_SAMPLES && Number.isFinite(w.latencySumMs)
 
     if (this.pressure) {
       this.pressure = elu >= PRESSURE_ELU || (w.rejected > 0 && elu >= RELEASE_ELU)
@@ -88,20 +90,22 @@ export class AdaptiveLimit {
       this.pressure = elu >= PRESSURE_ELU
     }
 
-    if (enoughSamples) {
-      if (elu > 0) {
-        const sample = w.completed / seconds / elu
-        this.capacity = this.capacity === 0 ? sample : this.capacity + SMOOTHING * elu * (sample - this.capacity)
-      }
-      const meanMs = w.latencySumMs / w.completed
-      if (this.baselineMs === 0) {
-        this.baselineMs = meanMs
-      } else if (!this.pressure) {
-        this.baselineMs += SMOOTHING * (meanMs - this.baselineMs)
-      } else if (meanMs < this.baselineMs) {
-        // Under pressure latency carries queueing: it may only teach us that requests got cheaper.
-        this.baselineMs = meanMs
-      }
+    // Windows are pooled until they hold MIN_SAMPLES completions: a service of slow requests (25/s)
+    // finishes fewer than that in one window and would otherwise never learn.
+    // Windows without a completion are left out: their busy time belongs to requests still running.
+    const pool = this.#pool
+    pool.windows++
+    if (w.completed > 0 && Number.isFinite(w.latencySumMs)) {
+      pool.ms += w.durationMs
+      pool.busyMs += elu * w.durationMs
+      pool.completed += w.completed
+      pool.latencySumMs += w.latencySumMs
+    }
+    if (pool.completed >= MIN_SAMPLES) {
+      this.#learn(pool.completed, pool.latencySumMs, pool.ms / 1000, pool.busyMs / pool.ms)
+      this.#pool = emptyPool()
+    } else if (pool.windows >= MAX_POOL_WINDOWS) {
+      this.#pool = emptyPool()
     }
 
     if (this.pressure && w.rejected > 0) {
@@ -116,6 +120,22 @@ export class AdaptiveLimit {
       this.limit = clamp(limitOf(model), s.minLimit, s.maxLimit)
     }
   }
+
+  #learn (completed: number, latencySumMs: number, seconds: number, elu: number): void {
+    if (elu > 0) {
+      const sample = completed / seconds / elu
+      this.capacity = this.capacity === 0 ? sample : this.capacity + SMOOTHING * elu * (sample - this.capacity)
+    }
+    const meanMs = latencySumMs / completed
+    if (this.baselineMs === 0) {
+      this.baselineMs = meanMs
+    } else if (!this.pressure) {
+      this.baselineMs += SMOOTHING * (meanMs - this.baselineMs)
+    } else if (meanMs < this.baselineMs) {
+      // Under pressure latency carries queueing: it may only teach us that requests got cheaper.
+      this.baselineMs = meanMs
+    }
+  }
 }
 
 /**
@@ -125,6 +145,12 @@ export class AdaptiveLimit {
  */
 export function limitOf (model: number): number {
   return Math.ceil(model + VARIANCE_ALLOWANCE * Math.sqrt(model))
+}
+
+interface Pool { windows: number, ms: number, busyMs: number, completed: number, latencySumMs: number }
+
+function emptyPool (): Pool {
+  return { windows: 0, ms: 0, busyMs: 0, completed: 0, latencySumMs: 0 }
 }
 
 export function clamp (x: number, lo: number, hi: number): number {

@@ -34,8 +34,14 @@ export interface TurnClock {
 
 /** Idle time below this between two turns is the poll returning at once, not a loop waiting for work. */
 export const IDLE_EPSILON_MS = 0.1
+/** A turn longer than this many typical turns is late (when that is longer than the target). */
+export const TYPICAL_FACTOR = 2
+/** A standing queue's budget starts this many times the budget. */
+export const RAMP_FACTOR = 4
+/** Smoothing of the typical turn length, per turn. */
+export const TYPICAL_SMOOTHING = 0.05
 /** Busy turns in a row that each accepted a connection before connections count as waiting. */
-export const ACCEPT_RUN = Number(process.env.AR ?? 16)
+export const ACCEPT_RUN = 16
 /** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */
 export const ACCEPT_BUDGET_MS = 0.5
 
@@ -52,6 +58,8 @@ export class LoopTurns {
   #busySince = 0
   /** Start of the current run of late turns, or -1. */
   #lateSince = -1
+  /** Typical length of a turn that handled requests while the loop had no standing queue, ms. */
+  typicalMs = 0
   /** A connection was accepted in the current turn. */
   #accepted = false
   /** Busy turns in a row that each accepted a connection, and when the first of them began. */
@@ -75,7 +83,16 @@ export class LoopTurns {
     const now = this.#clock.now()
     if (!this.#open) this.#openTurn(now)
     const elapsed = now - this.#start
-    return (elapsed > this.#settings.budgetMs && this.late()) || (elapsed > ACCEPT_BUDGET_MS && this.acceptBacklog())
+    return (this.late() && elapsed > this.budget() * this.#ramp()) || (elapsed > ACCEPT_BUDGET_MS && this.acceptBacklog())
+  }
+
+  /**
+   * What a turn may run while turns are late, and how long a late turn is: the configured budget, or
+   * twice the app's typical turn when its handlers run longer (a 15 ms handler makes every turn that
+   * reads two requests 30 ms long; refusing the second request of such a turn at 0.7x saves nothing).
+   */
+  budget (): number {
+    return Math.max(this.#settings.budgetMs, TYPICAL_FACTOR * this.typicalMs)
   }
 
   /** Called for each accepted connection. */
@@ -103,6 +120,16 @@ export class LoopTurns {
     return this.#acceptRun >= ACCEPT_RUN && this.#lastEnd - this.#acceptSince >= this.#settings.intervalMs / 2
   }
 
+  /**
+   * A standing queue that has just formed may still drain by itself (random arrivals bunch up): the
+   * budget starts at RAMP_FACTOR times itself and comes down to itself over one more interval.
+   */
+  #ramp (): number {
+    const interval = this.#settings.intervalMs
+    const over = (this.#lastEnd - this.#lateSince - interval) / interval
+    return over >= 1 ? 1 : 1 + (RAMP_FACTOR - 1) * (1 - over)
+  }
+
   #openTurn (now: number): void {
     this.#open = true
     this.#clock.atTurnEnd(this.#end)
@@ -124,9 +151,11 @@ export class LoopTurns {
     if (!this.#accepted) this.#acceptRun = 0
     else if (this.#acceptRun++ === 0) this.#acceptSince = this.#start
     this.#accepted = false
+    const target = Math.max(this.#settings.targetMs, TYPICAL_FACTOR * this.typicalMs)
     if (this.#lateSince < 0) {
-      if (length >= this.#settings.targetMs) this.#lateSince = this.#start
-    } else if (length < this.#settings.targetMs / 2) {
+      this.typicalMs += TYPICAL_SMOOTHING * (length - this.typicalMs)
+      if (length >= target) this.#lateSince = this.#start
+    } else if (length < target / 2) {
       // Hysteresis: while the budget holds turns near it, they stay late; a clearly short turn ends it.
       this.#lateSince = -1
     }

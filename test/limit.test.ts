@@ -1,5 +1,5 @@
 import t from 'tap'
-import { AdaptiveLimit, limitOf, MIN_SAMPLES, type WindowStats } from '../lib/limit.js'
+import { AdaptiveLimit, limitOf, MAX_POOL_WINDOWS, MIN_SAMPLES, type WindowStats } from '../lib/limit.js'
 
 const settings = { minLimit: 2, maxLimit: 1000, initialLimit: 50, headroom: 0.5, busyTarget: 0.98 }
 
@@ -85,6 +85,30 @@ t.test('windows with too few samples teach nothing', async t => {
   t.equal(l.capacity, 0)
   t.equal(l.baselineMs, 0)
   t.equal(l.limit, 50)
+})
+
+t.test('regression: a service of slow requests (25/s) never learned a limit: windows are pooled to MIN_SAMPLES', async t => {
+  const l = new AdaptiveLimit(settings)
+  // 2 completions of 430 ms per 100 ms window at ELU 0.7, a window with none in between.
+  l.update(win({ elu: 0.7, completed: 2, latencySumMs: 2 * 430 }))
+  l.update(win({ elu: 0.7, completed: 0, latencySumMs: 0 }))
+  l.update(win({ elu: 0.7, completed: 2, latencySumMs: 2 * 430 }))
+  t.equal(l.capacity, 0, '4 completions: not yet')
+  l.update(win({ elu: 0.7, completed: 2, latencySumMs: 2 * 430 }))
+  // 6 completions over the three windows that had any: 0.3 s at ELU 0.7.
+  t.equal(Math.round(l.capacity * 1e6) / 1e6, Math.round(6 / 0.3 / 0.7 * 1e6) / 1e6)
+  t.equal(l.baselineMs, 430)
+  t.equal(l.limit, limitOf(6 / 0.3 / 0.7 * 0.43 * 1.5))
+})
+
+t.test('pooled windows too old to be pooled further are dropped', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({ completed: 1, latencySumMs: 500 }))
+  for (let i = 1; i < MAX_POOL_WINDOWS; i++) l.update(win({ completed: 0, latencySumMs: 0 }))
+  for (let i = 0; i < 4; i++) l.update(win({ completed: 1, latencySumMs: 20 }))
+  t.equal(l.capacity, 0, 'the first completion was dropped with its pool: 4 since')
+  l.update(win({ completed: 1, latencySumMs: 20 }))
+  t.equal(l.baselineMs, 20, 'the old 500 ms completion is not in the mean')
 })
 
 t.test('NaN, Infinity and empty windows never reach the limit', async t => {

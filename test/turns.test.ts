@@ -15,25 +15,54 @@ function turn (loop: FakeLoop, turns: LoopTurns, requests: number, ms: number): 
   return verdicts
 }
 
-t.test('nothing is over budget until every turn has been late for the interval', async t => {
+/** Light load: turns of one 1 ms request with idle moments between them (a typical turn of ~1 ms). */
+function calm (loop: FakeLoop, turns: LoopTurns, n = 100): void {
+  for (let i = 0; i < n; i++) {
+    turn(loop, turns, 1, 1)
+    loop.wait(5)
+  }
+}
+
+t.test('nothing is over budget until every turn has been late for the interval; then the budget ramps down', async t => {
   const loop = fakeLoop()
   const turns = new LoopTurns(settings, loop.clock)
+  calm(loop, turns)
+  t.ok(turns.typicalMs > 0.9 && turns.typicalMs <= 1, `typical turn ${turns.typicalMs} ms`)
+  t.equal(turns.budget(), 5, 'the configured budget: the app\'s turns are short')
   // Synchronous 10 ms handlers, three ready per turn: each turn runs 30 ms.
   for (let i = 0; i < 3; i++) t.same(turn(loop, turns, 3, 10), [false, false, false], `turn ${i}: not yet a standing queue`)
   t.equal(turns.late(), false, '90 ms of late turns')
   t.same(turn(loop, turns, 3, 10), [false, false, false])
   t.equal(turns.late(), true, '120 ms of late turns: a standing queue')
-  t.same(turn(loop, turns, 3, 10), [false, true, true], 'the first request of a turn is read, the rest refused')
+  t.same(turn(loop, turns, 3, 10), [false, false, true], 'just formed: the budget is 3.4 times itself (17 ms)')
+  for (let i = 0; i < 3; i++) turn(loop, turns, 3, 10)
+  t.same(turn(loop, turns, 3, 10), [false, true, true], 'one more interval: the first request of a turn is read, the rest refused')
 })
 
 t.test('the previous turn counts against the budget when the loop did not idle in between', async t => {
   const loop = fakeLoop()
   const turns = new LoopTurns(settings, loop.clock)
-  for (let i = 0; i < 5; i++) turn(loop, turns, 3, 10)
+  calm(loop, turns)
+  for (let i = 0; i < 8; i++) turn(loop, turns, 3, 10)
   t.equal(turns.late(), true)
   // Timers ran 6 ms before this turn's first request: already over the budget.
   loop.work(6)
   t.same(turn(loop, turns, 2, 1), [true, true])
+})
+
+t.test('an app whose handlers run long gets a budget of twice its typical turn', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  for (let i = 0; i < 200; i++) {
+    turn(loop, turns, 1, 15)
+    loop.wait(10)
+  }
+  t.ok(Math.abs(turns.typicalMs - 15) < 0.01, `typical turn ${turns.typicalMs} ms`)
+  t.ok(Math.abs(turns.budget() - 30) < 0.02)
+  // Two requests per turn (28 ms) without a break: not late, the loop absorbs them.
+  for (let i = 0; i < 10; i++) t.same(turn(loop, turns, 2, 14), [false, false])
+  t.equal(turns.late(), false)
+  t.equal(turns.standing(), true)
 })
 
 t.test('an idle moment ends the standing queue at once', async t => {
