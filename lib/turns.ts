@@ -56,8 +56,9 @@ export class LoopTurns {
   #idleAtEnd = 0
   /** Start of the loop's current busy run (no idle since). */
   #busySince = 0
-  /** Start of the current run of late turns, or -1. */
+  /** Start of the current run of late turns, or -1; when that run became a standing queue, or -1. */
   #lateSince = -1
+  #lateAt = -1
   /** Typical length of a turn that handled requests while the loop had no standing queue, ms. */
   typicalMs = 0
   /** A connection was accepted in the current turn. */
@@ -125,8 +126,7 @@ export class LoopTurns {
    * budget starts at RAMP_FACTOR times itself and comes down to itself over one more interval.
    */
   #ramp (): number {
-    const interval = this.#settings.intervalMs
-    const over = (this.#lastEnd - this.#lateSince - interval) / interval
+    const over = (this.#lastEnd - this.#lateAt) / this.#settings.intervalMs
     return over >= 1 ? 1 : 1 + (RAMP_FACTOR - 1) * (1 - over)
   }
 
@@ -138,6 +138,7 @@ export class LoopTurns {
       this.#start = now
       this.#busySince = now
       this.#lateSince = -1
+      this.#lateAt = -1
       this.#acceptRun = 0
     } else {
       this.#start = this.#lastEnd
@@ -158,7 +159,11 @@ export class LoopTurns {
     } else if (length < target / 2) {
       // Hysteresis: while the budget holds turns near it, they stay late; a clearly short turn ends it.
       this.#lateSince = -1
+      this.#lateAt = -1
     }
+    // The ramp counts from when the run became a standing queue: a single long turn (a 200 ms stall)
+    // is one already, and the backlog it left should not meet the budget at its floor.
+    if (this.#lateSince >= 0 && this.#lateAt < 0 && now - this.#lateSince >= this.#settings.intervalMs) this.#lateAt = now
     this.#lastEnd = now
     this.#idleAtEnd = this.#clock.idle()
   }

@@ -34,9 +34,21 @@ t.test('nothing is over budget until every turn has been late for the interval; 
   t.equal(turns.late(), false, '90 ms of late turns')
   t.same(turn(loop, turns, 3, 10), [false, false, false])
   t.equal(turns.late(), true, '120 ms of late turns: a standing queue')
-  t.same(turn(loop, turns, 3, 10), [false, false, true], 'just formed: the budget is 3.4 times itself (17 ms)')
+  t.same(turn(loop, turns, 3, 10), [false, false, false], 'just formed: the budget is 4 times itself (20 ms)')
   for (let i = 0; i < 3; i++) turn(loop, turns, 3, 10)
   t.same(turn(loop, turns, 3, 10), [false, true, true], 'one more interval: the first request of a turn is read, the rest refused')
+})
+
+t.test('regression: the backlog a 200 ms stall left met the budget at its floor', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  calm(loop, turns)
+  turn(loop, turns, 1, 200)
+  t.equal(turns.late(), true, 'one 200 ms turn is a standing queue already')
+  t.same(turn(loop, turns, 4, 4), [false, false, false, false], 'the catch-up turns get a multiple of the budget')
+  t.same(turn(loop, turns, 6, 4), Array(6).fill(false))
+  for (let i = 0; i < 4; i++) turn(loop, turns, 4, 10)
+  t.same(turn(loop, turns, 4, 10), [false, false, false, true], 'a queue that stands on is shed')
 })
 
 t.test('the previous turn counts against the budget when the loop did not idle in between', async t => {
