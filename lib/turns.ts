@@ -140,6 +140,13 @@ export class LoopTurns {
       this.#lateSince = -1
       this.#lateAt = -1
       this.#acceptRun = 0
+    } else if (now - this.#lastEnd >= this.#settings.intervalMs) {
+      // The loop ran something else for a whole interval (a synchronous stall, a long GC): the requests
+      // it held back are read now. Their wait is over; whether a queue stands is for the next turns.
+      this.#start = now
+      this.#busySince = now
+      this.#lateSince = -1
+      this.#lateAt = -1
     } else {
       this.#start = this.#lastEnd
     }

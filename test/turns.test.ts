@@ -51,6 +51,20 @@ t.test('regression: the backlog a 200 ms stall left met the budget at its floor'
   t.same(turn(loop, turns, 4, 10), [false, false, false, true], 'a queue that stands on is shed')
 })
 
+t.test('regression: requests held back by a 200 ms stall outside any request were refused once read', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  calm(loop, turns)
+  turn(loop, turns, 2, 1)
+  loop.work(200) // a timer's synchronous work, no request read: no turn of ours
+  t.same(turn(loop, turns, 30, 2), Array(30).fill(false), 'the backlog is read')
+  t.equal(turns.late(), false)
+  t.equal(turns.standing(), false, 'the busy run starts after the stall')
+  loop.work(50)
+  turn(loop, turns, 2, 1)
+  t.equal(turns.late(), true, 'a shorter gap is part of the next turn: 112 ms of late turns, a standing queue')
+})
+
 t.test('the previous turn counts against the budget when the loop did not idle in between', async t => {
   const loop = fakeLoop()
   const turns = new LoopTurns(settings, loop.clock)
