@@ -36,7 +36,7 @@ export interface LoopWindow {
 
 export interface ControllerSettings extends LimitSettings {
   mode: Mode
-  /** Startup grace: nothing is refused for this long after start, while the estimates are learned. */
+  /** Startup grace: nothing is refused for this long after start (none by default). */
   graceMs: number
   retryAfter: RetryAfterSettings
   /** A shedding episode ends after this long without refusals. */
@@ -193,7 +193,7 @@ export class AdmissionController {
     this.#arrivals++
     if (veto === undefined) veto = this.draining ? 'drain' : this.#ceiling ?? this.#inflightCeiling()
     if (veto === undefined) {
-      if (!this.#congested()) {
+      if (!this.#refusesForLoad()) {
         this.inflight++
         this.totals.admitted++
         this.#timedVirtual()?.add(Math.max(this.limiter.baselineMs, 1000 * this.limiter.limit / this.limiter.capacity))
@@ -236,11 +236,12 @@ export class AdmissionController {
   }
 
   /**
-   * Whether this request must wait for another time: it arrives after a congested turn's budget, or the
-   * loop has a standing queue and the concurrency limit is reached. Nothing is refused during the
-   * startup grace.
+   * Whether this request is refused for load: it is read after a late turn's budget (or after the short
+   * budget of a turn while connections wait to be accepted), or the limit is enforced and reached. The
+   * limit is enforced from a window under pressure, a loop busy for the interval, or an accept backlog,
+   * until a window without pressure. Nothing is refused during the startup grace.
    */
-  #congested (): boolean {
+  #refusesForLoad (): boolean {
     const turns = this.#turns
     if (turns === undefined) return this.#enforcing && this.#decisionInflight() >= this.limiter.limit
     const overBudget = turns.overBudget()
