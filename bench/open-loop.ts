@@ -7,7 +7,7 @@
 // lag (actual − scheduled send time) so a run where it fell behind is visible.
 import { performance } from 'node:perf_hooks'
 import { ConnPool, type Conn } from './raw-http.js'
-import { Outcome, lagStats, type LagStats, type Records } from './stats.js'
+import { Outcome, lagStats, newRecords, type LagStats, type Records } from './stats.js'
 
 export interface Phase {
   /** duration of the phase in seconds */
@@ -133,14 +133,7 @@ export async function runOpenLoop (opts: OpenLoopOptions): Promise<OpenLoopResul
   const encoded = routes.map(r => pool.encode(r.path))
   const sched = scheduleOf(opts.phases)
   const n = sched.length
-  const records: Records = {
-    count: n,
-    sched,
-    lag: new Float32Array(n),
-    latency: new Float32Array(n).fill(Number.NaN),
-    outcome: new Uint8Array(n),
-    route: routeSequence(routes, n)
-  }
+  const records = newRecords(sched, routeSequence(routes, n))
   const reqs: Array<Conn | undefined> = new Array(n)
   const totalMs = opts.phases.reduce((a, p) => a + p.seconds * 1000, 0)
   const onComplete = opts.onComplete

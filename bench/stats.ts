@@ -30,6 +30,19 @@ export interface Records {
   route: Uint8Array
 }
 
+/** Empty records for a run of `sched.length` requests: nothing sent, nothing completed yet. */
+export function newRecords (sched: Float64Array, route: Uint8Array): Records {
+  const n = sched.length
+  return {
+    count: n,
+    sched,
+    lag: new Float32Array(n),
+    latency: new Float32Array(n).fill(Number.NaN),
+    outcome: new Uint8Array(n),
+    route
+  }
+}
+
 export interface WindowStats {
   /** window start / end, seconds from run start (by scheduled time) */
   from: number

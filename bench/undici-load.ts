@@ -26,7 +26,7 @@ import { parseArgs } from 'node:util'
 import { Agent, request, type Dispatcher } from 'undici'
 import type { GenResult, LoadSpec, TimelineRow, WarmInfo } from './generator.js'
 import { routeSequence, type Route } from './open-loop.js'
-import { Outcome, lagStats, windowStats, type Records, type WindowStats } from './stats.js'
+import { Outcome, lagStats, newRecords, windowStats, type Records, type WindowStats } from './stats.js'
 
 type Settle = (status: number, err: unknown, timedOut: boolean) => void
 
@@ -153,14 +153,7 @@ function timeline (rec: Records, seconds: number, bucketMs: number): TimelineRow
 async function runLoad (spec: LoadSpec, warm: WarmInfo): Promise<GenResult> {
   const { sched, route } = schedule(spec)
   const n = sched.length
-  const rec: Records = {
-    count: n,
-    sched,
-    lag: new Float32Array(n),
-    latency: new Float32Array(n).fill(Number.NaN),
-    outcome: new Uint8Array(n),
-    route
-  }
+  const rec = newRecords(sched, route)
   const urls = spec.routes.map(r => `http://127.0.0.1:${spec.port}${r.path}`)
   const agent = new Agent()
   let conns = 0

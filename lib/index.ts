@@ -92,7 +92,6 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
   const opts = resolveOptions(rawOptions)
   const turns = new LoopTurns({
     budgetMs: opts.turnBudget,
-    targetMs: opts.turnBudget,
     intervalMs: opts.congestionInterval
   }, { now: performance.now.bind(performance), idle: loopIdleMs, atTurnEnd: setImmediate })
   const controller = new AdmissionController({

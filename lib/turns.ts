@@ -6,7 +6,7 @@
 // the check phase (setImmediate). Its length is the delay every await, every refusal and every new
 // connection waits: libuv accepts one connection per turn. What the plugin admits decides how long
 // turns last, so it bounds them:
-//   - late turns (CoDel's standing queue applied to the loop): every turn has run at least the target
+//   - late turns (CoDel's standing queue applied to the loop): every turn has run at least its budget
 //     for an interval, and the loop never waited for I/O in between. A request that arrives after the
 //     turn has run its budget is refused. This holds synchronous handlers, which never overlap and so
 //     never raise in-flight, and it needs nothing learned: it works from a process's first request.
@@ -15,10 +15,11 @@
 // A burst of random arrivals below capacity makes a few late turns and then idles; an overload does not.
 
 export interface TurnSettings {
-  /** While turns are late, what a turn may run before the requests it reads are refused, ms. */
+  /**
+   * A turn this long or longer is late; while turns are late, what a turn may run before the requests
+   * it reads are refused, ms.
+   */
   budgetMs: number
-  /** A turn this long or longer is late, milliseconds. */
-  targetMs: number
   /** Late turns (or a busy loop) for this long without an idle moment = a standing queue, ms. */
   intervalMs: number
 }
@@ -56,7 +57,7 @@ export class LoopTurns {
   #idleAtEnd = 0
   /** Start of the loop's current busy run (no idle since). */
   #busySince = 0
-  /** Start of the current run of late turns, or -1; when that run became a standing queue, or -1. */
+  /** Start of the current run of late turns, or -1; when it became a standing queue (late()), or -1. */
   #lateSince = -1
   #lateAt = -1
   /** Typical length of a turn that handled requests while the loop had no standing queue, ms. */
@@ -104,7 +105,7 @@ export class LoopTurns {
 
   /** Every turn has been late for at least the interval, with no idle moment. */
   late (): boolean {
-    return this.#lateSince >= 0 && this.#lastEnd - this.#lateSince >= this.#settings.intervalMs
+    return this.#lateAt >= 0
   }
 
   /** The loop has been busy without waiting for I/O for at least the interval. */
@@ -133,20 +134,16 @@ export class LoopTurns {
   #openTurn (now: number): void {
     this.#open = true
     this.#clock.atTurnEnd(this.#end)
-    if (this.#clock.idle() - this.#idleAtEnd > IDLE_EPSILON_MS) {
-      // The loop waited for work since the last turn ended: whatever queue there was has drained.
+    const waited = this.#clock.idle() - this.#idleAtEnd > IDLE_EPSILON_MS
+    // The loop waited for work since the last turn ended (whatever queue there was has drained), or it
+    // ran something else for a whole interval (a synchronous stall, a long GC) and the requests it held
+    // back are read now: their wait is over, whether a queue stands is for the next turns.
+    if (waited || now - this.#lastEnd >= this.#settings.intervalMs) {
       this.#start = now
       this.#busySince = now
       this.#lateSince = -1
       this.#lateAt = -1
-      this.#acceptRun = 0
-    } else if (now - this.#lastEnd >= this.#settings.intervalMs) {
-      // The loop ran something else for a whole interval (a synchronous stall, a long GC): the requests
-      // it held back are read now. Their wait is over; whether a queue stands is for the next turns.
-      this.#start = now
-      this.#busySince = now
-      this.#lateSince = -1
-      this.#lateAt = -1
+      if (waited) this.#acceptRun = 0
     } else {
       this.#start = this.#lastEnd
     }
@@ -159,7 +156,7 @@ export class LoopTurns {
     if (!this.#accepted) this.#acceptRun = 0
     else if (this.#acceptRun++ === 0) this.#acceptSince = this.#start
     this.#accepted = false
-    const target = Math.max(this.#settings.targetMs, TYPICAL_FACTOR * this.typicalMs)
+    const target = this.budget()
     if (this.#lateSince < 0) {
       this.typicalMs += TYPICAL_SMOOTHING * (length - this.typicalMs)
       if (length >= target) this.#lateSince = this.#start

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { AdmissionController, DEFAULT_CLASS, type ControllerSettings } from '../lib/admission.js'
 import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
-import { fakeLoop } from './helpers/loop.js'
+import { fakeLoop, type FakeLoop } from './helpers/loop.js'
 
 const base: ControllerSettings = {
   mode: 'enforce',
@@ -22,6 +22,13 @@ const idle = { durationMs: 100, elu: 0.1, delayP99Ms: 0 }
 
 function controller (over: Partial<ControllerSettings> = {}): AdmissionController {
   return new AdmissionController({ ...base, ...over }, 0, { random: () => 0 })
+}
+
+/** A controller deciding with loop turns (budget 5 ms, interval 100 ms) on a scripted loop. */
+function withTurns (over: Partial<ControllerSettings> = {}): { loop: FakeLoop, turns: LoopTurns, c: AdmissionController } {
+  const loop = fakeLoop()
+  const turns = new LoopTurns({ budgetMs: 5, intervalMs: 100 }, loop.clock)
+  return { loop, turns, c: new AdmissionController({ ...base, ...over }, 0, { turns }) }
 }
 
 t.test('admits everything while the loop has headroom, whatever the limit', async t => {
@@ -147,9 +154,7 @@ t.test('saturation: ≈ ELU below overload, offered ÷ capacity above it; never 
 })
 
 t.test('a sudden overload is met before the window closes: a loop busy for the interval enforces at once', async t => {
-  const loop = fakeLoop()
-  const turns = new LoopTurns({ budgetMs: 5, targetMs: 5, intervalMs: 100 }, loop.clock)
-  const c = new AdmissionController(base, 0, { turns })
+  const { loop, turns, c } = withTurns()
   c.onWindow(idle, 100)
   // Short turns, no idle: in-flight climbs past the limit (2) while the loop is not yet standing.
   for (let i = 0; i < 4; i++) {
@@ -175,9 +180,7 @@ t.test('a sudden overload is met before the window closes: a loop busy for the i
 })
 
 t.test('a synchronous overload is shed by the turn budget although in-flight stays at 0', async t => {
-  const loop = fakeLoop()
-  const turns = new LoopTurns({ budgetMs: 5, targetMs: 5, intervalMs: 100 }, loop.clock)
-  const c = new AdmissionController({ ...base, initialLimit: 50 }, 0, { turns })
+  const { loop, c } = withTurns({ initialLimit: 50 })
   const perTurn: number[] = []
   for (let i = 0; i < 12; i++) {
     // Three 10 ms synchronous requests per turn: each finishes before the next is read.
@@ -201,9 +204,7 @@ t.test('a synchronous overload is shed by the turn budget although in-flight sta
 })
 
 t.test('connections waiting to be accepted: the limit is enforced at a quarter', async t => {
-  const loop = fakeLoop()
-  const turns = new LoopTurns({ budgetMs: 5, targetMs: 5, intervalMs: 100 }, loop.clock)
-  const c = new AdmissionController({ ...base, initialLimit: 8 }, 0, { turns })
+  const { loop, turns, c } = withTurns({ initialLimit: 8 })
   for (let i = 0; i < ACCEPT_RUN; i++) {
     turns.connection()
     loop.work(4)
@@ -217,9 +218,7 @@ t.test('connections waiting to be accepted: the limit is enforced at a quarter',
 })
 
 t.test('a startup grace holds even the turn budget', async t => {
-  const loop = fakeLoop()
-  const turns = new LoopTurns({ budgetMs: 5, targetMs: 5, intervalMs: 100 }, loop.clock)
-  const c = new AdmissionController({ ...base, graceMs: 1000 }, 0, { turns })
+  const { loop, turns, c } = withTurns({ graceMs: 1000 })
   for (let i = 0; i < 20; i++) {
     t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
     loop.work(20)

@@ -2,7 +2,7 @@ import t from 'tap'
 import { ACCEPT_BUDGET_MS, ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
 
-const settings = { budgetMs: 5, targetMs: 5, intervalMs: 100 }
+const settings = { budgetMs: 5, intervalMs: 100 }
 
 /** One busy turn (no idle before it) that reads `requests` requests, each taking `ms` of work. */
 function turn (loop: FakeLoop, turns: LoopTurns, requests: number, ms: number): boolean[] {
