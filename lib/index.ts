@@ -15,6 +15,7 @@ import {
   AdmissionController, DEFAULT_CLASS, type AdmissionSnapshot, type SheddingEvent
 } from './admission.js'
 import { registerCeilings } from './ceilings.js'
+import { Histograms, type Recorder } from './histogram.js'
 import { hooksBeforeAdmission } from './hook-order.js'
 import { registerMetrics } from './metrics.js'
 import {
@@ -108,10 +109,15 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
     quietMs: QUIET_MS
   }, performance.now(), { onShedding: logShedding, turns, now: performance.now.bind(performance) })
-  const permits = new Permits(controller.release.bind(controller), performance.now.bind(performance))
+  const histograms = new Histograms()
+  const recorder: Recorder = histograms
+  const permits = new Permits(function admissionRelease (latencyMs, finished, observed) {
+    controller.release(latencyMs, finished, observed)
+    recorder.request('admitted', latencyMs / 1000)
+  }, performance.now.bind(performance))
   // Everything that can fail comes before the monitor and the timer start: a failed boot leaves
   // nothing running.
-  const metrics = registerMetrics(controller, opts.metricsPrefix, opts.registry, fastify.log)
+  const metrics = registerMetrics(controller, histograms, opts.metricsPrefix, opts.registry, fastify.log)
   try {
     fastify.decorate(kAdmissionController, controller)
     fastify.decorate('admission', {
@@ -170,6 +176,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
         reply.raw.once('finish', closeSocketOfResponse)
       }
       reply.send(refusalBody)
+      recorder.request('rejected', reply.elapsedTime / 1000)
       return
     }
     permits.hold(raw, reply.raw, reply, outcome === 'observed')
@@ -212,7 +219,9 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     }
   }
 
-  const monitor = new LoopMonitor(DELAY_RESOLUTION_MS)
+  const monitor = new LoopMonitor(DELAY_RESOLUTION_MS, function admissionLoopDelay (seconds) {
+    recorder.loopDelay(seconds)
+  })
   function admissionSample (): void {
     permits.sweep()
     controller.onWindow(monitor.read(), performance.now())

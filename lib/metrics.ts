@@ -1,8 +1,9 @@
 // Prometheus metrics: turns controller state into prom-client metrics, computed at scrape time so the
 // hot path only increments plain integers.
 
-import { Counter, Gauge, Registry, register as globalRegistry } from 'prom-client'
+import { Counter, Gauge, Registry, register as globalRegistry, type Metric } from 'prom-client'
 import type { AdmissionController, RejectReason } from './admission.js'
+import { histogramValues, type BucketHistogram, type Histograms, type SeriesValue } from './histogram.js'
 import { MetricsConflictError } from './options.js'
 
 export interface MetricsHandle {
@@ -18,6 +19,8 @@ interface Logger {
   info (obj: object, msg: string): void
 }
 
+type Aggregator = 'sum' | 'average' | 'max'
+
 type Labels = { outcome: 'admitted' } | { outcome: 'rejected' | 'would_reject', reason: RejectReason }
 
 /**
@@ -27,7 +30,9 @@ type Labels = { outcome: 'admitted' } | { outcome: 'rejected' | 'would_reject', 
  * that it boots and its scrape still shows the process's other metrics. A registry chosen explicitly
  * that already holds the names is a configuration error.
  */
-export function registerMetrics (controller: AdmissionController, prefix: string, chosen: Registry | undefined, log: Logger): MetricsHandle {
+export function registerMetrics (
+  controller: AdmissionController, histograms: Histograms, prefix: string, chosen: Registry | undefined, log: Logger
+): MetricsHandle {
   const probe = prefix + 'inflight_requests'
   let registry = chosen ?? globalRegistry
   let alsoServe: Registry | undefined
@@ -40,12 +45,17 @@ export function registerMetrics (controller: AdmissionController, prefix: string
   const names: string[] = []
   const registers = [registry]
 
-  function gauge (name: string, help: string, read: () => number): void {
+  /**
+   * `aggregator`: how prom-client's AggregatorRegistry combines the workers of a cluster into one
+   * series (see README, "Cluster").
+   */
+  function gauge (name: string, help: string, aggregator: Aggregator, read: () => number): void {
     names.push(prefix + name)
     // eslint-disable-next-line no-new
     new Gauge({
       name: prefix + name,
       help,
+      aggregator,
       registers,
       collect () {
         const value = read()
@@ -54,21 +64,54 @@ export function registerMetrics (controller: AdmissionController, prefix: string
     })
   }
 
-  gauge('inflight_requests', 'Requests admitted and not yet finished.', () => controller.inflight)
-  gauge('concurrency_limit', 'Adaptive concurrency limit (enforced while the event loop is under pressure).', () => controller.limit)
-  gauge('event_loop_utilization_ratio', 'Event-loop utilization over the last sampling window (0..1).', () => controller.elu)
-  gauge('event_loop_delay_seconds', 'Event-loop delay, 99th percentile over the last sampling window.', () => controller.delayP99Ms / 1000)
-  gauge('retry_after_seconds', 'Retry-After currently advertised to refused clients, before jitter.', () => controller.retryAfter.base)
+  // A worker's share of the process's requests and capacity adds up; its limit is the requests it may
+  // hold, so the limits add up too. Utilisation and saturation are averages: round-robin gives every
+  // worker the same share of the load, so the mean is the process's figure. Delay, Retry-After and the
+  // flags are the worst worker's: a request waits behind the loop it landed on.
+  gauge('inflight_requests', 'Requests admitted and not yet finished.', 'sum', () => controller.inflight)
+  gauge('concurrency_limit', 'Adaptive concurrency limit (enforced while the event loop is under pressure).', 'sum',
+    () => controller.limit)
+  gauge('event_loop_utilization_ratio', 'Event-loop utilization over the last sampling window (0..1).', 'average',
+    () => controller.elu)
+  gauge('event_loop_delay_p99_seconds', 'Event-loop delay, 99th percentile over the last sampling window.', 'max',
+    () => controller.delayP99Ms / 1000)
+  gauge('retry_after_seconds', 'Retry-After currently advertised to refused clients, before jitter.', 'max',
+    () => controller.retryAfter.base)
   gauge('saturation_ratio',
     'Offered load divided by sustainable throughput: about the event-loop utilization without overload, ' +
-    'above 1 by the factor of missing capacity during overload. Autoscale on it (target 0.8 to 1).',
+    'above 1 by the factor of missing capacity during overload. Autoscale on it (target 0.8 to 1).', 'average',
     () => controller.saturation)
-  gauge('capacity_requests_per_second', 'Estimated sustainable throughput of this process at a fully busy event loop.',
+  gauge('capacity_requests_per_second', 'Estimated sustainable throughput of this process at a fully busy event loop.', 'sum',
     () => controller.limiter.capacity)
-  gauge('shedding', '1 while requests are being refused (observe mode: would be refused), else 0.',
+  gauge('shedding', '1 while requests are being refused (observe mode: would be refused), else 0.', 'max',
     () => controller.shedding ? 1 : 0)
-  gauge('draining', '1 once the server is closing: new requests refused, in-flight ones finishing.',
+  gauge('draining', '1 once the server is closing: new requests refused, in-flight ones finishing.', 'max',
     () => controller.draining ? 1 : 0)
+
+  function histogram (name: string, help: string, read: () => SeriesValue[]): void {
+    names.push(prefix + name)
+    const metric = {
+      name: prefix + name,
+      help,
+      type: 'histogram',
+      aggregator: 'sum',
+      async get () {
+        return { name: prefix + name, help, type: 'histogram', aggregator: 'sum', values: read() }
+      },
+      reset () {}
+    }
+    // Shaped like prom-client's own histograms (name, help, type, aggregator, get()), which is what its
+    // registries read; the type names only its built-in classes.
+    registry.registerMetric(metric as unknown as Metric)
+  }
+  histogram('event_loop_delay_seconds',
+    'How late the event loop ran a timer, sampled every 10 ms: how long an await that became ready waited to resume.',
+    () => histogramValues(prefix + 'event_loop_delay_seconds', histograms.delay, {}))
+  const durations: Array<[string, BucketHistogram]> = [['admitted', histograms.admitted], ['rejected', histograms.rejected]]
+  histogram('request_duration_seconds',
+    'Time in the server of requests that asked for admission, by outcome: admitted (until the response ended or ' +
+    'the client left) or rejected (until the refusal was sent).',
+    () => durations.flatMap(([outcome, h]) => histogramValues(prefix + 'request_duration_seconds', h, { outcome })))
 
   const reported = new Map<string, number>()
   const series: Array<{ key: string, labels: Labels, read: () => number }> = [
@@ -86,7 +129,7 @@ export function registerMetrics (controller: AdmissionController, prefix: string
   new Counter({
     name: prefix + 'requests_total',
     help: 'Requests that asked for admission, by outcome (admitted, rejected, would_reject) and reason ' +
-      '(limit, heap, rss, health, drain). Exempt routes are not counted.',
+      '(limit, inflight, delay, utilization, heap, rss, health, drain). Exempt routes are not counted.',
     labelNames: ['outcome', 'reason'],
     registers,
     collect () {

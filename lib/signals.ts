@@ -1,30 +1,54 @@
 // Event-loop signals for one sampling window: utilisation from eventLoopUtilization() deltas (never the
-// cumulative figure since start) and delay from monitorEventLoopDelay() (a high percentile, not the mean).
+// cumulative figure since start) and the loop's delay: how late a timer of `resolutionMs` fires, which is
+// how long an await that became ready waits to resume. Each delay sample is also handed to `onDelay`
+// (the histograms); the window keeps a high percentile of them, not the mean.
 
-import { monitorEventLoopDelay, performance, type EventLoopUtilization, type IntervalHistogram } from 'node:perf_hooks'
+import { performance, type EventLoopUtilization } from 'node:perf_hooks'
 import type { LoopWindow } from './admission.js'
 
+/** A window keeps at most this many delay samples (a long window at a fine resolution). */
+const MAX_SAMPLES = 10_000
+
 /**
- * monitorEventLoopDelay() records the whole interval between two ticks of its timer, resolution
- * included; the delay is what exceeds the resolution. Values in nanoseconds, result in milliseconds.
+ * How late a timer that should fire every `resolutionMs` fired, in milliseconds, from the interval
+ * between two of its callbacks: what exceeds the resolution, never negative or NaN.
  */
-export function excessDelayMs (recordedNs: number, resolutionMs: number): number {
-  const ms = recordedNs / 1e6 - resolutionMs
+export function excessDelayMs (intervalMs: number, resolutionMs: number): number {
+  const ms = intervalMs - resolutionMs
   return ms > 0 && Number.isFinite(ms) ? ms : 0
+}
+
+/** The 99th percentile of some samples (nearest rank); 0 for none. Sorts its argument. */
+export function p99 (samples: number[]): number {
+  if (samples.length === 0) return 0
+  samples.sort((a, b) => a - b)
+  return samples[Math.ceil(samples.length * 0.99) - 1] as number
 }
 
 export class LoopMonitor {
   readonly #resolutionMs: number
-  readonly #histogram: IntervalHistogram
+  readonly #timer: NodeJS.Timeout
+  readonly #onDelay: ((seconds: number) => void) | undefined
+  #samples: number[] = []
+  #lastTick: number
   #elu: EventLoopUtilization
   #lastMs: number
 
-  constructor (resolutionMs: number) {
+  constructor (resolutionMs: number, onDelay?: (seconds: number) => void) {
     this.#resolutionMs = resolutionMs
-    this.#histogram = monitorEventLoopDelay({ resolution: resolutionMs })
-    this.#histogram.enable()
+    this.#onDelay = onDelay
     this.#elu = performance.eventLoopUtilization()
-    this.#lastMs = performance.now()
+    this.#lastMs = this.#lastTick = performance.now()
+    this.#timer = setInterval(() => { this.#tick() }, resolutionMs)
+    this.#timer.unref()
+  }
+
+  #tick (): void {
+    const now = performance.now()
+    const delayMs = excessDelayMs(now - this.#lastTick, this.#resolutionMs)
+    this.#lastTick = now
+    if (this.#samples.length < MAX_SAMPLES) this.#samples.push(delayMs)
+    this.#onDelay?.(delayMs / 1000)
   }
 
   /** Signals since the previous read (or since construction). */
@@ -32,19 +56,16 @@ export class LoopMonitor {
     const now = performance.now()
     const elu = performance.eventLoopUtilization()
     const delta = performance.eventLoopUtilization(elu, this.#elu)
-    const h = this.#histogram
     // A window in which the delay timer never fired was one long stall: its length is the delay.
     const durationMs = now - this.#lastMs
-    const delayP99Ms = h.count > 0
-      ? excessDelayMs(h.percentile(99), this.#resolutionMs)
-      : Math.max(0, durationMs - this.#resolutionMs)
-    h.reset()
+    const delayP99Ms = this.#samples.length > 0 ? p99(this.#samples) : excessDelayMs(durationMs, this.#resolutionMs)
+    this.#samples = []
     this.#elu = elu
     this.#lastMs = now
     return { durationMs, elu: delta.utilization, delayP99Ms }
   }
 
   stop (): void {
-    this.#histogram.disable()
+    clearInterval(this.#timer)
   }
 }

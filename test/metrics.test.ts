@@ -26,7 +26,7 @@ t.test('metrics text from a fresh registry: every series, exact values', async t
     'fastify_admission_inflight_requests 1',
     'fastify_admission_concurrency_limit 1',
     'fastify_admission_event_loop_utilization_ratio 1',
-    'fastify_admission_event_loop_delay_seconds 0.012',
+    'fastify_admission_event_loop_delay_p99_seconds 0.012',
     'fastify_admission_retry_after_seconds 1',
     'fastify_admission_shedding 1',
     'fastify_admission_capacity_requests_per_second 0',
@@ -38,7 +38,9 @@ t.test('metrics text from a fresh registry: every series, exact values', async t
     t.ok(text.split('\n').includes(line), line)
   }
   t.notMatch(text, /reason="heap"/, 'reasons appear once they occur')
-  t.notMatch(text, /NaN|Inf/)
+  t.notMatch(text, /NaN| [+-]?Inf/, 'no value is NaN or infinite')
+  t.ok(text.split('\n').includes('fastify_admission_request_duration_seconds_count{outcome="rejected"} 2'), 'refusals timed')
+  t.ok(text.split('\n').includes('fastify_admission_request_duration_seconds_count{outcome="admitted"} 0'), 'the held request is not timed yet')
   g.open()
   await holding
   await turns()
@@ -47,6 +49,7 @@ t.test('metrics text from a fresh registry: every series, exact values', async t
   const again = (await app.inject('/metrics')).body
   t.ok(again.includes('fastify_admission_requests_total{outcome="admitted"} 2'))
   t.ok(again.includes('fastify_admission_inflight_requests 0'))
+  t.ok(again.includes('fastify_admission_request_duration_seconds_count{outcome="admitted"} 2'), 'admitted ones timed once done')
 })
 
 t.test('a zero series for refusals before the first one', async t => {
