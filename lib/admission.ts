@@ -108,6 +108,11 @@ export interface ControllerHooks {
  */
 export const ACCEPT_SHARE = 0.25
 
+/** Completions the capacity estimate must have seen before saturation is offered ÷ capacity. */
+export const SATURATION_CONFIDENCE = 300
+/** Time constant of the saturation's smoothing, ms: a scrape every few seconds sees a stable figure. */
+export const SATURATION_SMOOTHING_MS = 5000
+
 const REASONS: readonly RejectReason[] = ['limit', 'inflight', 'delay', 'utilization', 'heap', 'rss', 'health', 'drain']
 
 function zeroByReason (): Record<RejectReason, number> {
@@ -295,9 +300,15 @@ export class AdmissionController {
     this.#latencySumMs = 0
 
     if (durationMs > 0) {
+      // A cold process runs its first requests slowly (the JIT has not compiled them yet): capacity
+      // learned from them is low, and offered ÷ capacity would tell an autoscaler to add several times
+      // the replicas missing. Until the estimate has seen SATURATION_CONFIDENCE completions, the loop's
+      // utilisation (at most 1) stands for it: a cold start under-reads for a moment, never over.
       const capacity = this.limiter.capacity
-      const sample = capacity > 0 ? (arrivals * 1000 / durationMs) / capacity : this.elu
-      this.saturation += 0.5 * (sample - this.saturation)
+      const sample = capacity > 0 && this.limiter.learned >= SATURATION_CONFIDENCE
+        ? (arrivals * 1000 / durationMs) / capacity
+        : this.elu
+      this.saturation += Math.min(1, durationMs / SATURATION_SMOOTHING_MS) * (sample - this.saturation)
     }
 
     let event: SheddingEvent

@@ -60,6 +60,8 @@ export class AdaptiveLimit {
   baselineMs = 0
   /** Whether the limit is enforced now. */
   pressure = false
+  /** Completions learned from since start: how much the capacity estimate has seen. */
+  learned = 0
   /**
    * Feedback on the model: while the limit binds (refusals under pressure) the gain integrates towards
    * an ELU of the busy target: an idle CPU while work is refused raises it, a saturated loop lowers it
@@ -122,6 +124,7 @@ export class AdaptiveLimit {
   }
 
   #learn (completed: number, latencySumMs: number, seconds: number, elu: number): void {
+    this.learned += completed
     if (elu > 0) {
       const sample = completed / seconds / elu
       this.capacity = this.capacity === 0 ? sample : this.capacity + SMOOTHING * elu * (sample - this.capacity)

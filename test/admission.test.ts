@@ -1,5 +1,7 @@
 import t from 'tap'
-import { AdmissionController, DEFAULT_CLASS, type ControllerSettings } from '../lib/admission.js'
+import {
+  AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, type ControllerSettings
+} from '../lib/admission.js'
 import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
 
@@ -129,27 +131,43 @@ t.test('Retry-After follows the shedding state', async t => {
   t.equal(c.snapshot().retryAfterSeconds, 4, 'doubled at 1.1 s and 3.1 s of shedding')
 })
 
-t.test('saturation: ≈ ELU below overload, offered ÷ capacity above it; never NaN', async t => {
+t.test('saturation: ≈ ELU below overload, offered ÷ capacity above it, smoothed over seconds; never NaN', async t => {
   const c = controller({ initialLimit: 1000, maxLimit: 10000 })
   t.equal(c.onWindow({ durationMs: NaN, elu: NaN, delayP99Ms: NaN }, 50), undefined)
   t.equal(c.saturation, 0)
   t.equal(c.elu, 0)
   t.equal(c.delayP99Ms, 0)
+  const w = 100 / SATURATION_SMOOTHING_MS
   c.onWindow({ durationMs: 100, elu: 0.6, delayP99Ms: 2 }, 100)
-  t.equal(c.saturation, 0.3, 'capacity unknown: moves halfway towards ELU')
+  t.equal(c.saturation, w * 0.6, 'capacity unknown: moves towards ELU by a window\'s share of the time constant')
   // Teach capacity: 40 done in 100 ms at ELU 0.5 → 800/s.
   for (let i = 0; i < 40; i++) { c.acquire(DEFAULT_CLASS); c.release(10, true) }
   c.onWindow({ durationMs: 100, elu: 0.5, delayP99Ms: 2 }, 200)
   t.equal(c.limiter.capacity, 800)
-  t.equal(c.saturation, 0.3 + 0.5 * (0.5 - 0.3), '400/s offered ÷ 800/s')
-  // 10x the capacity offered in one window.
+  let expected = w * 0.6 + w * (0.5 - w * 0.6)
+  t.equal(c.saturation, expected, 'capacity seen on 40 completions only: still ELU')
+  // 10x the capacity offered in one window, before the estimate is trusted: at most ELU.
   for (let i = 0; i < 800; i++) c.acquire(DEFAULT_CLASS)
   c.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 9 }, 300)
-  t.equal(c.saturation, 0.4 + 0.5 * (10 - 0.4))
+  expected += w * (1 - expected)
+  t.equal(c.saturation, expected, 'a cold estimate never makes the signal overshoot')
+  // Once the estimate has seen SATURATION_CONFIDENCE completions, 10x reads as 10x.
+  for (let i = 0; i < SATURATION_CONFIDENCE; i++) { c.acquire(DEFAULT_CLASS); c.release(10, true) }
+  c.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 0 }, 400)
+  const capacity = c.limiter.capacity
+  t.ok(c.limiter.learned >= SATURATION_CONFIDENCE)
+  for (let i = 0; i < capacity; i++) c.acquire(DEFAULT_CLASS)
+  c.onWindow({ durationMs: 1000, elu: 1, delayP99Ms: 9 }, 1400)
+  expected = c.saturation
+  // A window as long as the smoothing constant (or longer) jumps all the way: 10 s at 10x capacity.
+  for (let i = 0; i < capacity * 100; i++) c.acquire(DEFAULT_CLASS)
+  c.onWindow({ durationMs: 10_000, elu: 1, delayP99Ms: 9 }, 11_400)
+  t.ok(Math.abs(c.saturation - 10) < 0.01, `offered ÷ capacity: ten times (${c.saturation})`)
+  t.ok(expected > 0.2 && expected < 1, 'a second at capacity moves a fifth of the way to 1')
   const snap = c.snapshot()
   t.equal(snap.eventLoopDelaySeconds, 0.009)
   t.equal(snap.eventLoopUtilization, 1)
-  t.equal(snap.capacity, 800)
+  t.equal(snap.capacity, capacity)
   t.ok(Object.isFrozen(snap))
 })
 
