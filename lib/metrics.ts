@@ -107,7 +107,10 @@ export function registerMetrics (
   histogram('event_loop_delay_seconds',
     'How late the event loop ran a timer, sampled every 10 ms: how long an await that became ready waited to resume.',
     () => histogramValues(prefix + 'event_loop_delay_seconds', histograms.delay, {}))
-  const durations: Array<[string, BucketHistogram]> = [['admitted', histograms.admitted], ['rejected', histograms.rejected]]
+  // Observe mode refuses nothing: its histogram has no rejected series.
+  const durations: Array<[string, BucketHistogram]> = controller.mode === 'enforce'
+    ? [['admitted', histograms.admitted], ['rejected', histograms.rejected]]
+    : [['admitted', histograms.admitted]]
   histogram('request_duration_seconds',
     'Time in the server of requests that asked for admission, by outcome: admitted (until the response ended or ' +
     'the client left) or rejected (until the refusal was sent).',
