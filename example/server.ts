@@ -1,6 +1,6 @@
 // A small API protected by fastify-admission with its default options.
 //
-//   npm start                 # listens on 127.0.0.1:3000 (PORT to change)
+//   npm start                 # listens on 127.0.0.1:3000 (PORT to change; CPU_MS, DB_MS: cost of /work)
 //   curl 127.0.0.1:3000/work  # ~1.5 ms of CPU + a ~20 ms simulated database call
 //   curl 127.0.0.1:3000/metrics
 //
@@ -86,9 +86,14 @@ export async function build (options: BuildOptions = {}): Promise<FastifyInstanc
 }
 
 async function main (): Promise<void> {
-  const app = await build({ logger: process.env.LOG === '1' })
-  const port = Number(process.env.PORT ?? 3000)
-  await app.listen({ host: '127.0.0.1', port })
+  const env = process.env
+  const app = await build({
+    logger: env.LOG === '1',
+    cpuMs: env.CPU_MS === undefined ? undefined : Number(env.CPU_MS),
+    dbMs: env.DB_MS === undefined ? undefined : Number(env.DB_MS)
+  })
+  await app.listen({ host: '127.0.0.1', port: Number(env.PORT ?? 3000) })
+  const { port } = app.server.address() as { port: number }
   console.log(`listening on http://127.0.0.1:${port}  (GET /work, /health, /metrics)`)
   const close = (): void => {
     app.close().then(() => process.exit(0), () => process.exit(1))
