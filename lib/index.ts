@@ -15,9 +15,10 @@ import {
   AdmissionController, DEFAULT_CLASS, type AdmissionSnapshot, type SheddingEvent
 } from './admission.js'
 import { registerCeilings } from './ceilings.js'
-import { Histograms, type Recorder } from './histogram.js'
+import { bothRecorders, Histograms, type Recorder } from './histogram.js'
 import { hooksBeforeAdmission } from './hook-order.js'
 import { registerMetrics } from './metrics.js'
+import { registerOpenTelemetry } from './otel.js'
 import {
   resolveOptions, resolveRouteConfig, type AdmissionOptions, type AdmissionRouteConfig, type ResolvedRouteConfig
 } from './options.js'
@@ -110,7 +111,8 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     quietMs: QUIET_MS
   }, performance.now(), { onShedding: logShedding, turns, now: performance.now.bind(performance) })
   const histograms = new Histograms()
-  const recorder: Recorder = histograms
+  // Also OpenTelemetry's histograms once its instruments are registered (below).
+  let recorder: Recorder = histograms
   const permits = new Permits(function admissionRelease (latencyMs, finished, observed) {
     controller.release(latencyMs, finished, observed)
     recorder.request('admitted', latencyMs / 1000)
@@ -132,6 +134,9 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
   // In a child context of its own: its decorators cannot collide with an instance the app registers
   // before or after, and its verdict goes through this plugin's decision.
   const ceilings = await registerCeilings(fastify, opts.underPressure)
+  // After everything that can fail: a failed boot leaves no callback on the app's meter.
+  const otel = opts.meter === undefined ? undefined : registerOpenTelemetry(opts.meter, controller)
+  if (otel !== undefined) recorder = bothRecorders(histograms, otel.recorder)
 
   const statusCode = opts.statusCode
   const refusalBody = JSON.stringify({
@@ -284,6 +289,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     clearInterval(timer)
     monitor.stop()
     metrics.unregister()
+    otel?.stop()
     done()
   })
 }

@@ -2,6 +2,7 @@
 // everything once at registration, and returns a frozen object the hot path only reads.
 
 import createError from '@fastify/error'
+import type { Meter } from '@opentelemetry/api'
 import type { Registry } from 'prom-client'
 import type { FastifyUnderPressureOptions } from '@fastify/under-pressure'
 import type { Mode } from './admission.js'
@@ -148,6 +149,13 @@ export interface AdmissionOptions {
    */
   metricsPath?: string | false
   /**
+   * OpenTelemetry meter (`metrics.getMeter('my-api')` of `@opentelemetry/api`) on which the plugin also
+   * reports its gauges, its request counter and its histograms, next to the Prometheus metrics. Its
+   * callback is removed on close.
+   * @defaultValue none
+   */
+  meter?: Meter
+  /**
    * @fastify/under-pressure ceilings (heap, RSS, custom health check). under-pressure is registered,
    * in a context of its own, only when one is set, so an app's own instance (before or after) is
    * unaffected. Its verdict goes through this plugin's decision: same reply, counted by reason, and
@@ -187,13 +195,14 @@ export interface ResolvedOptions {
   readonly registry: Registry | undefined
   readonly metricsPrefix: string
   readonly metricsPath: string | false
+  readonly meter: Meter | undefined
   readonly underPressure: Readonly<UnderPressureCeilings> | false
 }
 
 const KNOWN = new Set<string>([
   'mode', 'statusCode', 'sampleInterval', 'startupGrace', 'turnBudget', 'congestionInterval',
   'targetUtilization', 'maxInflight', 'maxEventLoopDelay', 'maxEventLoopUtilization', 'drainTimeout', 'initialLimit', 'minLimit', 'maxLimit',
-  'headroom', 'retryAfterMin', 'retryAfterMax', 'registry', 'metricsPrefix', 'metricsPath', 'underPressure'
+  'headroom', 'retryAfterMin', 'retryAfterMax', 'registry', 'metricsPrefix', 'metricsPath', 'meter', 'underPressure'
 ])
 const UNDER_PRESSURE_KNOWN = new Set<string>([
   'maxHeapUsedBytes', 'maxRssBytes', 'healthCheck', 'healthCheckInterval', 'sampleInterval'
@@ -241,6 +250,14 @@ function oneOf<T> (opts: Record<string, unknown>, name: string, allowed: readonl
 function isRegistry (value: unknown): value is Registry {
   return typeof value === 'object' && value !== null &&
     typeof (value as Registry).registerMetric === 'function' && typeof (value as Registry).metrics === 'function'
+}
+
+const METER_METHODS = ['createObservableGauge', 'createObservableCounter', 'createHistogram',
+  'addBatchObservableCallback', 'removeBatchObservableCallback'] as const
+
+function isMeter (value: unknown): value is Meter {
+  return typeof value === 'object' && value !== null &&
+    METER_METHODS.every(method => typeof (value as Meter)[method] === 'function')
 }
 
 function resolveUnderPressure (value: unknown): UnderPressureCeilings | false {
@@ -319,6 +336,10 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   if (metricsPath !== false && (typeof metricsPath !== 'string' || !metricsPath.startsWith('/'))) {
     throw new InvalidOptionError('metricsPath', 'a path starting with "/" or false', show(metricsPath))
   }
+  const meter = opts.meter
+  if (meter !== undefined && !isMeter(meter)) {
+    throw new InvalidOptionError('meter', 'an OpenTelemetry Meter', show(meter))
+  }
   const underPressure = resolveUnderPressure(opts.underPressure)
 
   return Object.freeze({
@@ -342,6 +363,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     registry,
     metricsPrefix,
     metricsPath,
+    meter,
     underPressure
   })
 }

@@ -3,6 +3,7 @@ import net from 'node:net'
 import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import { Registry } from 'prom-client'
+import { metrics } from '@opentelemetry/api'
 import admission, { InvalidOptionError, kAdmissionController, resolveOptions } from '../lib/index.js'
 import { snapshot } from './helpers/app.js'
 
@@ -22,14 +23,14 @@ t.comment(`seed=${seed} (replay with FUZZ_SEED=${seed})`)
 
 const KEYS = [
   'mode', 'statusCode', 'sampleInterval', 'startupGrace', 'drainTimeout', 'initialLimit', 'minLimit', 'maxLimit',
-  'headroom', 'retryAfterMin', 'retryAfterMax', 'registry', 'metricsPrefix', 'metricsPath', 'underPressure',
+  'headroom', 'retryAfterMin', 'retryAfterMax', 'registry', 'metricsPrefix', 'metricsPath', 'meter', 'underPressure',
   'unknownOption', 'limit', 'constructor'
 ]
 const VALUES: unknown[] = [
   undefined, null, 0, -0, 1, 2, 30, 100, 503, 429, 1.5, -1, -100, NaN, Infinity, -Infinity, 1e12, Number.MAX_SAFE_INTEGER,
   '', '1', 'enforce', 'observe', 'shed', '/metrics', 'no-slash', 'a b', 'fastify_x_', true, false, [], [1], {},
   { maxHeapUsedBytes: 1e12 }, { maxHeapUsedBytes: -1 }, { healthCheck: 'x' }, { bogus: 1 }, () => 1, Symbol('s'),
-  new Registry(), 10n
+  new Registry(), 10n, metrics.getMeter('fuzz'), { createHistogram: () => ({}) }
 ]
 
 t.test(`options fuzz: a valid frozen result or a coded error naming a given option, never anything else (seed ${seed})`, async t => {

@@ -1,6 +1,7 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import { Registry } from 'prom-client'
+import { metrics } from '@opentelemetry/api'
 import admission, { InvalidOptionError, InvalidRouteConfigError, resolveOptions } from '../lib/index.js'
 
 t.test('defaults: every option filled in, frozen', async t => {
@@ -27,6 +28,7 @@ t.test('defaults: every option filled in, frozen', async t => {
     registry: undefined,
     metricsPrefix: 'fastify_admission_',
     metricsPath: '/metrics',
+    meter: undefined,
     underPressure: {}
   })
   t.same(resolveOptions(null), o)
@@ -35,6 +37,7 @@ t.test('defaults: every option filled in, frozen', async t => {
 
 t.test('explicit values are kept, 0 where 0 is meaningful', async t => {
   const registry = new Registry()
+  const meter = metrics.getMeter('test')
   const healthCheck = async (): Promise<boolean> => true
   const o = resolveOptions({
     mode: 'observe',
@@ -56,6 +59,7 @@ t.test('explicit values are kept, 0 where 0 is meaningful', async t => {
     registry,
     metricsPrefix: '',
     metricsPath: false,
+    meter,
     underPressure: { maxHeapUsedBytes: 1e9, healthCheck, healthCheckInterval: 500 }
   })
   t.equal(o.startupGrace, 0)
@@ -70,6 +74,7 @@ t.test('explicit values are kept, 0 where 0 is meaningful', async t => {
   t.equal(o.registry, registry)
   t.equal(o.metricsPrefix, '')
   t.equal(o.metricsPath, false)
+  t.equal(o.meter, meter)
   t.same(o.underPressure, { maxHeapUsedBytes: 1e9, healthCheck, healthCheckInterval: 500 })
   t.equal(resolveOptions({ underPressure: false }).underPressure, false)
   t.equal(resolveOptions({ minLimit: 100 }).initialLimit, 100, 'initial limit follows a high floor')
@@ -108,6 +113,12 @@ const invalid: Array<[string, unknown, RegExp]> = [
   ['metricsPrefix', 7, /"metricsPrefix".*received 7/],
   ['metricsPath', 'metrics', /"metricsPath": expected a path starting with "\/" or false, received "metrics"/],
   ['metricsPath', true, /"metricsPath".*received true/],
+  ['meter', {}, /"meter": expected an OpenTelemetry Meter, received an object/],
+  ['meter', null, /"meter".*received null/],
+  ['meter', 1, /"meter".*received 1/],
+  // No removeBatchObservableCallback: the callback could not be removed on close.
+  ['meter', { createObservableGauge () {}, createObservableCounter () {}, createHistogram () {}, addBatchObservableCallback () {} },
+    /"meter": expected an OpenTelemetry Meter, received an object/],
   ['underPressure', true, /"underPressure": expected an object or false, received true/],
   ['underPressure', null, /"underPressure".*received null/],
   ['underPressure', [], /"underPressure".*received an array/],

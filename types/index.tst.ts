@@ -1,6 +1,7 @@
 import { expect, test } from 'tstyche'
 import Fastify from 'fastify'
 import { Registry } from 'prom-client'
+import { metrics } from '@opentelemetry/api'
 import admission, {
   admission as named, kAdmissionController, type AdmissionController, type AdmissionOptions,
   type AdmissionRouteConfig, type AdmissionSnapshot, type Mode, skipRequestLogWhileShedding
@@ -32,6 +33,7 @@ test('register with no options, or with every option', () => {
     registry: new Registry(),
     metricsPrefix: 'api_',
     metricsPath: '/internal/metrics',
+    meter: metrics.getMeter('my-api'),
     underPressure: { maxHeapUsedBytes: 1e9, maxRssBytes: 2e9, healthCheck: async () => true, healthCheckInterval: 1000 }
   })).type.not.toRaiseError()
   expect(app.register(admission, { metricsPath: false, underPressure: false })).type.not.toRaiseError()
@@ -45,6 +47,8 @@ test('bad options do not compile', () => {
   expect(app.register(admission, { registry: {} })).type.toRaiseError()
   expect(app.register(admission, { underPressure: { maxEventLoopDelay: 100 } })).type.toRaiseError()
   expect(app.register(admission, { drainTimeout: '10s' })).type.toRaiseError()
+  expect(app.register(admission, { meter: 1 })).type.toRaiseError()
+  expect(app.register(admission, { meter: {} })).type.toRaiseError()
   expect<AdmissionOptions>().type.not.toBeAssignableFrom({ limit: 5 })
 })
 
