@@ -20,6 +20,13 @@ export class BucketHistogram {
     this.counts = new Float64Array(bounds.length + 1)
   }
 
+  /** Back to no observation (prom-client's resetMetrics()). */
+  reset (): void {
+    this.counts.fill(0)
+    this.sum = 0
+    this.count = 0
+  }
+
   observe (value: number): void {
     if (!(value >= 0)) return
     let i = 0

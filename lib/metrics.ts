@@ -88,7 +88,7 @@ export function registerMetrics (
   gauge('draining', '1 once the server is closing: new requests refused, in-flight ones finishing.', 'max',
     () => controller.draining ? 1 : 0)
 
-  function histogram (name: string, help: string, read: () => SeriesValue[]): void {
+  function histogram (name: string, help: string, parts: BucketHistogram[], read: () => SeriesValue[]): void {
     names.push(prefix + name)
     const metric = {
       name: prefix + name,
@@ -98,7 +98,9 @@ export function registerMetrics (
       async get () {
         return { name: prefix + name, help, type: 'histogram', aggregator: 'sum', values: read() }
       },
-      reset () {}
+      reset () {
+        for (const h of parts) h.reset()
+      }
     }
     // Shaped like prom-client's own histograms (name, help, type, aggregator, get()), which is what its
     // registries read; the type names only its built-in classes.
@@ -106,6 +108,7 @@ export function registerMetrics (
   }
   histogram('event_loop_delay_seconds',
     'How late the event loop ran a timer, sampled every 10 ms: how long an await that became ready waited to resume.',
+    [histograms.delay],
     () => histogramValues(prefix + 'event_loop_delay_seconds', histograms.delay, {}))
   // Observe mode refuses nothing: its histogram has no rejected series.
   const durations: Array<[string, BucketHistogram]> = controller.mode === 'enforce'
@@ -114,6 +117,7 @@ export function registerMetrics (
   histogram('request_duration_seconds',
     'Time in the server of requests that asked for admission, by outcome: admitted (until the response ended or ' +
     'the client left) or rejected (until the refusal was sent).',
+    [histograms.admitted, histograms.rejected],
     () => durations.flatMap(([outcome, h]) => histogramValues(prefix + 'request_duration_seconds', h, { outcome })))
 
   const reported = new Map<string, number>()

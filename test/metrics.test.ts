@@ -118,3 +118,18 @@ t.test('a non-finite reading is exported as 0, never NaN', async t => {
   t.ok(text.split('\n').includes('fastify_admission_saturation_ratio 0'))
   t.ok(text.split('\n').includes('fastify_admission_event_loop_utilization_ratio 0'))
 })
+
+t.test('resetMetrics() empties the histograms too', async t => {
+  const { app, registry } = await build(t)
+  app.get('/x', async () => 'x')
+  await app.ready()
+  await app.inject('/x')
+  await turns()
+  const before = await registry.metrics()
+  t.ok(before.split('\n').includes('fastify_admission_request_duration_seconds_count{outcome="admitted"} 1'), 'one admitted request timed')
+  registry.resetMetrics()
+  const after = (await registry.metrics()).split('\n')
+  t.ok(after.includes('fastify_admission_request_duration_seconds_count{outcome="admitted"} 0'))
+  t.ok(after.includes('fastify_admission_request_duration_seconds_bucket{outcome="admitted",le="+Inf"} 0'))
+  t.ok(after.some(line => /^fastify_admission_event_loop_delay_seconds_count [0-2]$/.test(line)), 'loop delay restarted from (about) zero')
+})
