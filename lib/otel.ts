@@ -6,6 +6,7 @@
 import type { Attributes, BatchObservableResult, Histogram, Meter, Observable } from '@opentelemetry/api'
 import type { AdmissionController, AdmissionSnapshot, RejectReason } from './admission.js'
 import { SECONDS_BUCKETS, type Recorder } from './histogram.js'
+import { DELAY_RESOLUTION_MS } from './signals.js'
 
 export interface OtelInstrument {
   readonly name: string
@@ -44,7 +45,7 @@ export const OTEL_INSTRUMENTS = Object.freeze({
   requests: instrument('fastify.admission.requests', 'counter', '{request}', 'requests_total',
     'Requests that asked for admission, by outcome (admitted, rejected, would_reject) and reason.'),
   eventLoopDelay: instrument('fastify.admission.event_loop.delay', 'histogram', 's', 'event_loop_delay_seconds',
-    'How late the event loop ran a timer, sampled every 10 ms.'),
+    `How late the event loop ran a timer, sampled every ${DELAY_RESOLUTION_MS} ms.`),
   requestDuration: instrument('fastify.admission.request.duration', 'histogram', 's', 'request_duration_seconds',
     'Time in the server of requests that asked for admission, by outcome (admitted, rejected).')
 })

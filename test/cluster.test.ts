@@ -26,7 +26,7 @@ const AGGREGATORS: Record<string, 'sum' | 'average' | 'max'> = {
   shedding: 'max',
   draining: 'max'
 }
-// Sampled every 10 ms: never equal in two reads, so left out of the consistent-snapshot comparison.
+// Sampled every 20 ms: never equal in two reads, so left out of the consistent-snapshot comparison.
 const MOVING = P + 'event_loop_delay_seconds'
 
 interface Response { status: number, type: string, body: string }
