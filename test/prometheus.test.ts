@@ -50,7 +50,8 @@ function guarded (t: Teardown, command: string, args: string[], env: NodeJS.Proc
   })
   let err = ''
   child.stderr?.on('data', (chunk: Buffer) => { err = (err + chunk.toString()).slice(-2000) })
-  child.once('exit', code => { if (code !== 0 && err !== '') console.error(err) })
+  // What a command that died on its own said (not the shell's "Killed" once this side closed the pipe).
+  child.once('exit', code => { if (code !== 0 && err !== '' && child.stdin?.writableEnded !== true) console.error(err) })
   t.teardown(async () => {
     if (child.exitCode !== null) return
     child.stdin?.end()
