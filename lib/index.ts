@@ -18,7 +18,7 @@ import { registerCeilings } from './ceilings.js'
 import { bothRecorders, Histograms, type Recorder } from './histogram.js'
 import { hooksBeforeAdmission } from './hook-order.js'
 import { registerMetrics } from './metrics.js'
-import { registerOpenTelemetry } from './otel.js'
+import { registerOpenTelemetry, type OtelHandle } from './otel.js'
 import {
   resolveOptions, resolveRouteConfig, type AdmissionOptions, type AdmissionRouteConfig, type ResolvedRouteConfig
 } from './options.js'
@@ -28,7 +28,7 @@ import { DELAY_RESOLUTION_MS, LoopMonitor } from './signals.js'
 import { LoopTurns } from './turns.js'
 
 export type { AdmissionOptions, AdmissionRouteConfig, UnderPressureCeilings } from './options.js'
-export { InvalidOptionError, InvalidRouteConfigError, MetricsConflictError, resolveOptions } from './options.js'
+export { InvalidOptionError, InvalidRouteConfigError, MeterConflictError, MetricsConflictError, resolveOptions } from './options.js'
 export type { AdmissionSnapshot, Mode, RejectReason } from './admission.js'
 export { AdmissionController } from './admission.js'
 
@@ -132,8 +132,15 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
   // In a child context of its own: its decorators cannot collide with an instance the app registers
   // before or after, and its verdict goes through this plugin's decision.
   const ceilings = await registerCeilings(fastify, opts.underPressure)
-  // After everything that can fail: a failed boot leaves no callback on the app's meter.
-  const otel = opts.meter === undefined ? undefined : registerOpenTelemetry(opts.meter, controller)
+  // Last of what can fail: a failed boot leaves no callback on the app's meter. A meter another
+  // instance reports on fails the boot.
+  let otel: OtelHandle | undefined
+  try {
+    otel = opts.meter === undefined ? undefined : registerOpenTelemetry(opts.meter, controller)
+  } catch (err) {
+    metrics.unregister()
+    throw err
+  }
   if (otel !== undefined) recorder = bothRecorders(histograms, otel.recorder)
 
   const statusCode = opts.statusCode

@@ -21,6 +21,13 @@ export const MetricsConflictError = createError<[string]>(
   Error
 )
 
+export const MeterConflictError = createError(
+  'FST_ERR_ADMISSION_METER_CONFLICT',
+  'fastify-admission: the meter passed as "meter" already reports another instance of the plugin (their series would overwrite each other); give each instance its own meter, e.g. metrics.getMeter(\'admin\')',
+  500,
+  Error
+)
+
 export const InvalidRouteConfigError = createError<[string, string, string, string]>(
   'FST_ERR_ADMISSION_INVALID_ROUTE_CONFIG',
   'fastify-admission: invalid config.admission.%s on route %s: expected %s, received %s',

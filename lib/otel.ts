@@ -6,6 +6,7 @@
 import type { Attributes, BatchObservableResult, Histogram, Meter, Observable } from '@opentelemetry/api'
 import type { AdmissionController, AdmissionSnapshot, RejectReason } from './admission.js'
 import { SECONDS_BUCKETS, type Recorder } from './histogram.js'
+import { MeterConflictError } from './options.js'
 import { DELAY_RESOLUTION_MS } from './signals.js'
 
 export interface OtelInstrument {
@@ -81,8 +82,15 @@ interface Series {
   readonly read: () => number
 }
 
-/** Creates the instruments on `meter` and registers the callback that observes `controller`. */
+/** Meters an instance reports on, until it stops: two instances on one meter would overwrite each other. */
+const inUse = new WeakSet<Meter>()
+
+/**
+ * Creates the instruments on `meter` and registers the callback that observes `controller`. A meter
+ * another instance reports on is a configuration error.
+ */
 export function registerOpenTelemetry (meter: Meter, controller: Source): OtelHandle {
+  if (inUse.has(meter)) throw new MeterConflictError()
   function create (key: keyof typeof OTEL_INSTRUMENTS): Observable {
     const { name, kind, unit, description } = OTEL_INSTRUMENTS[key]
     return kind === 'counter'
@@ -122,6 +130,7 @@ export function registerOpenTelemetry (meter: Meter, controller: Source): OtelHa
   // Last: nothing is left observing the controller when creating an instrument throws.
   const observables = [...gauges.map(([gauge]) => gauge), requests]
   meter.addBatchObservableCallback(observeAdmission, observables)
+  inUse.add(meter)
   return {
     recorder: {
       loopDelay (seconds) {
@@ -132,6 +141,7 @@ export function registerOpenTelemetry (meter: Meter, controller: Source): OtelHa
       }
     },
     stop () {
+      inUse.delete(meter)
       meter.removeBatchObservableCallback(observeAdmission, observables)
     }
   }
