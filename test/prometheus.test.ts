@@ -282,9 +282,10 @@ t.test('with a real Prometheus, one HPA step covers a cold start at 3x; no scale
   t.comment(`scaled back to 1 replica ${back?.toFixed(0) ?? 'never'} s after the load stopped`)
   t.ok(back !== undefined, 'scales back once the load stops')
 
-  // Below capacity: never more than one replica.
+  // Below capacity (half of what the process served under load, not the probe, which ran beside other
+  // test files): never more than one replica.
   const belowStart = Date.now() / 1000
-  const below = await openLoop(api.port, BELOW * probed, BELOW_SECONDS)
+  const below = await openLoop(api.port, BELOW * served, BELOW_SECONDS)
   await sleep(1500)
   const values = await prometheus.range(expr, Math.ceil(belowStart), Math.floor(Date.now() / 1000))
   t.comment(`at ${BELOW}x: ${below.sent} sent, ${below.refused} refused; expression max ${Math.max(...values).toFixed(2)}`)
