@@ -1,6 +1,7 @@
 // A small API protected by fastify-admission with its default options.
 //
-//   npm start                 # listens on 127.0.0.1:3000 (PORT to change; CPU_MS, DB_MS: cost of /work)
+//   npm start                 # listens on 127.0.0.1:3000 (PORT to change; CPU_MS, DB_MS: cost of /work;
+//                             # ADMISSION_MODE=observe: count would-be refusals, refuse nothing)
 //   curl 127.0.0.1:3000/work  # ~1.5 ms of CPU + a ~20 ms simulated database call
 //   curl 127.0.0.1:3000/metrics
 //
@@ -61,6 +62,8 @@ export interface BuildOptions {
   cpuMs?: number
   /** simulated database latency in ms (default 20) */
   dbMs?: number
+  /** the plugin's mode (default enforce); the demo measures capacity in observe mode, nothing refused */
+  mode?: 'enforce' | 'observe'
 }
 
 export async function build (options: BuildOptions = {}): Promise<FastifyInstance> {
@@ -69,7 +72,7 @@ export async function build (options: BuildOptions = {}): Promise<FastifyInstanc
   // two halves: before and after the database call
   const count = calibrated((options.cpuMs ?? 1.5) / 2)
 
-  await app.register(admission)
+  await app.register(admission, options.mode === undefined ? {} : { mode: options.mode })
 
   app.get('/health', { config: { admission: { exempt: true } } }, async () => ({ status: 'ok' }))
 
@@ -90,7 +93,8 @@ async function main (): Promise<void> {
   const app = await build({
     logger: env.LOG === '1',
     cpuMs: env.CPU_MS === undefined ? undefined : Number(env.CPU_MS),
-    dbMs: env.DB_MS === undefined ? undefined : Number(env.DB_MS)
+    dbMs: env.DB_MS === undefined ? undefined : Number(env.DB_MS),
+    mode: env.ADMISSION_MODE === 'observe' ? 'observe' : undefined
   })
   await app.listen({ host: '127.0.0.1', port: Number(env.PORT ?? 3000) })
   const { port } = app.server.address() as { port: number }
