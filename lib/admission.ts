@@ -81,6 +81,43 @@ export interface OutcomeTotals {
   observed: Record<RejectReason, number>
 }
 
+/** The labels of one series of the request counter. */
+export type RequestLabels =
+  | { readonly outcome: 'admitted' }
+  | { readonly outcome: 'rejected' | 'would_reject', readonly reason: RejectReason }
+
+/** One series of the request counter, as every exporter shows it. */
+export interface RequestSeries {
+  /** `outcome` or `outcome/reason`. */
+  readonly key: string
+  readonly labels: RequestLabels
+  /** Shown at 0 before its first request: admitted, and the limit refusals of the controller's mode. */
+  readonly always: boolean
+  /** The total since start. */
+  readonly read: () => number
+}
+
+/**
+ * The request counter's series: admitted, then each reason as rejected and as would_reject. Exporters
+ * show the `always` ones from the start and the others once their total is above 0 (totals only grow,
+ * so a series never disappears).
+ */
+export function requestSeries (totals: OutcomeTotals, mode: Mode): RequestSeries[] {
+  const refused = mode === 'observe' ? 'would_reject' : 'rejected'
+  const series: RequestSeries[] = [{ key: 'admitted', labels: Object.freeze({ outcome: 'admitted' }), always: true, read: () => totals.admitted }]
+  for (const reason of Object.keys(totals.rejected) as RejectReason[]) {
+    for (const [outcome, counts] of [['rejected', totals.rejected], ['would_reject', totals.observed]] as const) {
+      series.push({
+        key: `${outcome}/${reason}`,
+        labels: Object.freeze({ outcome, reason }),
+        always: outcome === refused && reason === 'limit',
+        read: () => counts[reason]
+      })
+    }
+  }
+  return series
+}
+
 /** What changed in a window that a person should hear about. */
 export type SheddingEvent =
   | { type: 'start', limit: number, inflight: number, saturation: number }

@@ -9,17 +9,15 @@ export const SECONDS_BUCKETS: readonly number[] = Object.freeze([
 ])
 
 export class BucketHistogram {
-  readonly bounds: readonly number[]
+  /** Upper bounds, ascending (a typed array: the bucket search is an index loop over it). */
+  readonly bounds: Float64Array
   /** Observations per bucket (not cumulative); the last one is above every bound. */
   readonly counts: Float64Array
   sum = 0
   count = 0
 
-  readonly #bounds: Float64Array
-
   constructor (bounds: readonly number[] = SECONDS_BUCKETS) {
-    this.bounds = bounds
-    this.#bounds = Float64Array.from(bounds)
+    this.bounds = Float64Array.from(bounds)
     this.counts = new Float64Array(bounds.length + 1)
   }
 
@@ -33,7 +31,7 @@ export class BucketHistogram {
   observe (value: number): void {
     if (!(value >= 0)) return
     // An index loop over a typed array: a for-of over the frozen bounds cost 150 ns here, this 6-30.
-    const bounds = this.#bounds
+    const bounds = this.bounds
     const n = bounds.length
     let i = 0
     while (i < n && value > (bounds[i] as number)) i++

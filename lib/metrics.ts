@@ -2,7 +2,7 @@
 // hot path only increments plain integers.
 
 import { Counter, Gauge, Registry, register as globalRegistry, type Metric } from 'prom-client'
-import type { AdmissionController, RejectReason } from './admission.js'
+import { requestSeries, type AdmissionController } from './admission.js'
 import { histogramValues, type BucketHistogram, type Histograms, type SeriesValue } from './histogram.js'
 import { MetricsConflictError } from './options.js'
 import { DELAY_RESOLUTION_MS } from './signals.js'
@@ -21,8 +21,6 @@ interface Logger {
 }
 
 type Aggregator = 'sum' | 'average' | 'max'
-
-type Labels = { outcome: 'admitted' } | { outcome: 'rejected' | 'would_reject', reason: RejectReason }
 
 /**
  * Registers the metrics in `chosen`, or in prom-client's global registry when none is chosen. A second
@@ -122,16 +120,7 @@ export function registerMetrics (
     () => durations.flatMap(([outcome, h]) => histogramValues(prefix + 'request_duration_seconds', h, { outcome })))
 
   const reported = new Map<string, number>()
-  const series: Array<{ key: string, labels: Labels, read: () => number }> = [
-    { key: 'admitted', labels: { outcome: 'admitted' }, read: () => controller.totals.admitted }
-  ]
-  for (const reason of Object.keys(controller.totals.rejected) as RejectReason[]) {
-    series.push(
-      { key: `rejected/${reason}`, labels: { outcome: 'rejected', reason }, read: () => controller.totals.rejected[reason] },
-      { key: `would_reject/${reason}`, labels: { outcome: 'would_reject', reason }, read: () => controller.totals.observed[reason] }
-    )
-  }
-  const refusedOutcome = controller.mode === 'observe' ? 'would_reject' : 'rejected'
+  const series = requestSeries(controller.totals, controller.mode)
   names.push(prefix + 'requests_total')
   // eslint-disable-next-line no-new
   new Counter({
@@ -144,9 +133,7 @@ export function registerMetrics (
       for (const s of series) {
         const total = s.read()
         const before = reported.get(s.key) ?? 0
-        // Series always shown: admitted, and the limit refusals of the current mode (0 until the first).
-        const always = s.key === 'admitted' || s.key === `${refusedOutcome}/limit`
-        if (total > before || (always && !reported.has(s.key))) {
+        if (total > before || (s.always && !reported.has(s.key))) {
           this.inc(s.labels, total - before)
           reported.set(s.key, total)
         }

@@ -4,7 +4,7 @@
 // plugin runs where the package is not installed.
 
 import type { Attributes, BatchObservableResult, Histogram, Meter, Observable } from '@opentelemetry/api'
-import type { AdmissionController, AdmissionSnapshot, RejectReason } from './admission.js'
+import { requestSeries, type AdmissionController, type AdmissionSnapshot } from './admission.js'
 import { SECONDS_BUCKETS, type Recorder } from './histogram.js'
 import { MeterConflictError } from './options.js'
 import { DELAY_RESOLUTION_MS } from './signals.js'
@@ -76,12 +76,6 @@ export interface OtelHandle {
 
 type Source = Pick<AdmissionController, 'mode' | 'totals' | 'snapshot'>
 
-interface Series {
-  readonly attributes: Attributes
-  readonly always: boolean
-  readonly read: () => number
-}
-
 /** Meters an instance reports on, until it stops: two instances on one meter would overwrite each other. */
 const inUse = new WeakSet<Meter>()
 
@@ -100,17 +94,8 @@ export function registerOpenTelemetry (meter: Meter, controller: Source): OtelHa
   const gauges = GAUGES.map(([key, read]): [Observable, (s: AdmissionSnapshot) => number] => [create(key), read])
   const requests = create('requests')
 
-  // As on the Prometheus side: admitted and the limit refusals of the current mode always (0 until the
-  // first), every other reason once it has occurred. Totals only grow, so a series never disappears.
-  const totals = controller.totals
-  const refused = controller.mode === 'observe' ? 'would_reject' : 'rejected'
-  const series: Series[] = [{ attributes: Object.freeze({ outcome: 'admitted' }), always: true, read: () => totals.admitted }]
-  for (const reason of Object.keys(totals.rejected) as RejectReason[]) {
-    series.push(
-      { attributes: Object.freeze({ outcome: 'rejected', reason }), always: refused === 'rejected' && reason === 'limit', read: () => totals.rejected[reason] },
-      { attributes: Object.freeze({ outcome: 'would_reject', reason }), always: refused === 'would_reject' && reason === 'limit', read: () => totals.observed[reason] }
-    )
-  }
+  // The same series as the Prometheus counter.
+  const series = requestSeries(controller.totals, controller.mode)
 
   function observeAdmission (result: BatchObservableResult): void {
     const snapshot = controller.snapshot()
@@ -120,7 +105,7 @@ export function registerOpenTelemetry (meter: Meter, controller: Source): OtelHa
     }
     for (const s of series) {
       const total = s.read()
-      if (total > 0 || s.always) result.observe(requests, total, s.attributes)
+      if (total > 0 || s.always) result.observe(requests, total, s.labels)
     }
   }
   const delay = histogram(meter, 'eventLoopDelay')
