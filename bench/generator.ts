@@ -20,6 +20,12 @@ export interface LoadSpec {
   sloMs: number
   /** timeline bucket, ms */
   bucketMs: number
+  /**
+   * undici (`request` on one Agent, the client of the hard cases) or raw-http.ts's pool, also opening
+   * connections on demand without a cap: undici cannot offer more than about 2000/s on one core here
+   * (see README "Hard cases")
+   */
+  client: 'undici' | 'raw'
 }
 
 /** The generator's warm-up: requests, duration, and the slowest request of its last round (warm by then), ms. */
@@ -65,7 +71,7 @@ function specArgs (spec: Omit<LoadSpec, 'port'>): string[] {
   return [
     '--rate', String(spec.rate), '--seconds', String(spec.seconds),
     '--routes', JSON.stringify(spec.routes), '--seed', String(spec.seed), '--timeout', String(spec.timeoutMs),
-    '--slo', String(spec.sloMs), '--bucket', String(spec.bucketMs), ...(spec.even ? ['--even'] : [])
+    '--slo', String(spec.sloMs), '--bucket', String(spec.bucketMs), '--client', spec.client, ...(spec.even ? ['--even'] : [])
   ]
 }
 
