@@ -110,7 +110,8 @@ export class AdaptiveLimit {
       this.#pool = emptyPool()
     }
 
-    if (this.pressure && w.rejected > 0) {
+    const binding = this.pressure && w.rejected > 0
+    if (binding) {
       if (this.#feedback) this.gain = clamp(this.gain * (1 + this.#settings.busyTarget - elu), MIN_GAIN, MAX_GAIN)
     } else if (!this.pressure) {
       this.gain += SMOOTHING * (1 - this.gain)
@@ -119,7 +120,9 @@ export class AdaptiveLimit {
     if (this.capacity > 0 && this.baselineMs > 0) {
       const s = this.#settings
       const model = this.capacity * (this.baselineMs / 1000) * (1 + s.headroom) * this.gain
-      this.limit = clamp(limitOf(model), s.minLimit, s.maxLimit)
+      // While the limit binds, arrivals exceed what the loop finishes: the room limitOf() leaves for
+      // random arrivals would only be a standing queue (longer turns, later refusals, slower answers).
+      this.limit = clamp(binding ? Math.ceil(model) : limitOf(model), s.minLimit, s.maxLimit)
     }
   }
 
@@ -144,7 +147,8 @@ export class AdaptiveLimit {
 /**
  * The limit for a model in-flight (capacity x baseline x headroom x gain). Random arrivals below
  * capacity make in-flight fluctuate around its mean by about its square root: the limit allows
- * VARIANCE_ALLOWANCE of those above the model, so that a burst the loop absorbs is not refused.
+ * VARIANCE_ALLOWANCE of those above the model, so that a burst the loop absorbs is not refused. Not
+ * while the limit binds (refusals under pressure): the model alone then.
  */
 export function limitOf (model: number): number {
   return Math.ceil(model + VARIANCE_ALLOWANCE * Math.sqrt(model))
