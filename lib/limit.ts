@@ -46,7 +46,9 @@ export const MAX_POOL_WINDOWS = 20
 /** Smoothing of the capacity and baseline estimates (per window, scaled by ELU for capacity). */
 export const SMOOTHING = 0.3
 /** Standard deviations of random (Poisson) in-flight the limit allows above the model. */
-export const VARIANCE_ALLOWANCE = 3
+export const VARIANCE_ALLOWANCE = 4
+/** Windows in a row with refusals under pressure after which the limit is the model alone. */
+export const SUSTAINED_WINDOWS = 5
 /** Bounds of the feedback gain on the model limit. */
 export const MIN_GAIN = 0.5
 export const MAX_GAIN = 3
@@ -72,6 +74,8 @@ export class AdaptiveLimit {
   readonly #settings: LimitSettings
   readonly #feedback: boolean
   #pool = emptyPool()
+  /** Windows in a row in which the limit bound (refusals under pressure). */
+  #binding = 0
 
   /** `feedback` = false keeps the gain at 1 (observe mode: the refusals it counts are not shed). */
   constructor (settings: LimitSettings, feedback = true) {
@@ -111,6 +115,7 @@ export class AdaptiveLimit {
     }
 
     const binding = this.pressure && w.rejected > 0
+    this.#binding = binding ? this.#binding + 1 : 0
     if (binding) {
       if (this.#feedback) this.gain = clamp(this.gain * (1 + this.#settings.busyTarget - elu), MIN_GAIN, MAX_GAIN)
     } else if (!this.pressure) {
@@ -120,9 +125,11 @@ export class AdaptiveLimit {
     if (this.capacity > 0 && this.baselineMs > 0) {
       const s = this.#settings
       const model = this.capacity * (this.baselineMs / 1000) * (1 + s.headroom) * this.gain
-      // While the limit binds, arrivals exceed what the loop finishes: the room limitOf() leaves for
-      // random arrivals would only be a standing queue (longer turns, later refusals, slower answers).
-      this.limit = clamp(binding ? Math.ceil(model) : limitOf(model), s.minLimit, s.maxLimit)
+      // Once the limit has bound for SUSTAINED_WINDOWS windows in a row, arrivals exceed what the loop
+      // finishes: the room limitOf() leaves for random arrivals would only be a standing queue (longer
+      // turns, later refusals). Not sooner: random arrivals near capacity bind it for a window or two,
+      // and taking the room away then refused more of them.
+      this.limit = clamp(this.#binding >= SUSTAINED_WINDOWS ? Math.ceil(model) : limitOf(model), s.minLimit, s.maxLimit)
     }
   }
 
@@ -148,7 +155,7 @@ export class AdaptiveLimit {
  * The limit for a model in-flight (capacity x baseline x headroom x gain). Random arrivals below
  * capacity make in-flight fluctuate around its mean by about its square root: the limit allows
  * VARIANCE_ALLOWANCE of those above the model, so that a burst the loop absorbs is not refused. Not
- * while the limit binds (refusals under pressure): the model alone then.
+ * once the limit has bound for SUSTAINED_WINDOWS in a row: the model alone then.
  */
 export function limitOf (model: number): number {
   return Math.ceil(model + VARIANCE_ALLOWANCE * Math.sqrt(model))

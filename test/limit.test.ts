@@ -1,5 +1,5 @@
 import t from 'tap'
-import { AdaptiveLimit, limitOf, MAX_POOL_WINDOWS, MIN_SAMPLES, type WindowStats } from '../lib/limit.js'
+import { AdaptiveLimit, limitOf, MAX_POOL_WINDOWS, MIN_SAMPLES, SUSTAINED_WINDOWS, type WindowStats } from '../lib/limit.js'
 
 const settings = { minLimit: 2, maxLimit: 1000, initialLimit: 50, headroom: 0.5, busyTarget: 0.98 }
 
@@ -151,9 +151,8 @@ t.test('feedback while shedding: an idle CPU raises the gain, a saturated loop l
   // Refusing under pressure while the loop idles 10 %: gain x (1 + 0.98 - 0.9) = 1.08.
   l.update(win({ elu: 0.9, completed: 36, latencySumMs: 36 * 20, rejected: 50 }))
   t.equal(Math.round(l.gain * 1e9) / 1e9, 1.08)
-  // capacity 400 + 0.3 * 0.9 * (400 - 400) = 400 -> 400 * 0.02 * 1.5 * 1.08 = 12.96, the model alone
-  // while the limit binds
-  t.equal(l.limit, 13)
+  // capacity 400 + 0.3 * 0.9 * (400 - 400) = 400 -> 400 * 0.02 * 1.5 * 1.08 = 12.96
+  t.equal(l.limit, limitOf(400 * 0.02 * 1.5 * 1.08))
   // Saturated and refusing: x 0.98 per window, so the limit cannot creep up.
   l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 50 }))
   t.equal(Math.round(l.gain * 1e9) / 1e9, Math.round(1.08 * 0.98 * 1e9) / 1e9)
@@ -169,14 +168,22 @@ t.test('feedback while shedding: an idle CPU raises the gain, a saturated loop l
 t.test('regression: while shedding, the allowance for random arrivals queued more work (longer turns, slower refusals)', async t => {
   const l = new AdaptiveLimit(settings)
   l.update(win({}))
-  t.equal(l.limit, limitOf(12), 'below capacity: the model plus 3 standard deviations of Poisson in-flight')
-  t.equal(limitOf(12), 23)
-  // Saturated and refusing: the gain steps by (1 + 0.98 - 1) = 0.98 and the model alone binds.
+  t.equal(l.limit, limitOf(12), 'below capacity: the model plus 4 standard deviations of Poisson in-flight')
+  t.equal(limitOf(12), 26)
+  // Saturated and refusing: the gain steps by (1 + 0.98 - 1) = 0.98 per window. The allowance stays for
+  // SUSTAINED_WINDOWS - 1 windows (random arrivals near capacity bind the limit for a window or two).
+  let gain = 1
+  for (let i = 1; i < SUSTAINED_WINDOWS; i++) {
+    l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 500 }))
+    gain *= 0.98
+    t.equal(l.limit, limitOf(12 * gain), `binding window ${i}: model + allowance`)
+  }
   l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 500 }))
-  t.equal(l.limit, Math.ceil(12 * 0.98))
-  // Under pressure without refusals (the limit does not bind): the allowance is back.
+  gain *= 0.98
+  t.equal(l.limit, Math.ceil(12 * gain), 'sustained: the model alone')
+  // A window without refusals (the limit does not bind) brings the allowance back.
   l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 0 }))
-  t.equal(l.limit, limitOf(12 * 0.98))
+  t.equal(l.limit, limitOf(12 * gain))
 })
 
 t.test('the gain stays within [0.5, 3]', async t => {
