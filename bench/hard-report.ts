@@ -35,23 +35,54 @@ const pct = (x: number, d = 0): string => `${(x * 100).toFixed(d)} %`
 
 const goodShare = (s: HardScenarioResult, r: HardRun): number => r.gen.stats.goodPerSec / s.capacity
 
+/**
+ * The most a loop can serve, as a share of capacity, when every request it does not serve is refused at
+ * `refusalMs` of CPU and a served one costs 1 / capacity: served × (1 / capacity) + (rate − served) ×
+ * refusal ≤ 1 s of CPU per second. An underestimated refusal cost only raises the bound (rate > capacity).
+ */
+export function goodputBound (rate: number, capacity: number, refusalMs: number): number {
+  const served = (1 - rate * refusalMs / 1000) / (1 / capacity - refusalMs / 1000)
+  return Math.max(0, Math.min(rate, served)) / capacity
+}
+
+/** What the refuse-all run of a scenario (the floor) says of a target admission missed, if anything. */
+function floorReason (s: HardScenarioResult, key: 'goodput' | '503 p99', limit: number): string | undefined {
+  const floor = s.results['refuse-all']
+  if (floor === undefined || floor.gen.stats.rejected === 0 || floor.gen.behind) return undefined
+  if (key === '503 p99') {
+    const p99 = floor.gen.stats.rejP99
+    return p99 !== null && p99 > limit
+      ? `out of reach here: refuse-all (Fastify answering every request 503, nothing admitted) answered at p99 ${fmtMs(p99)} in the same scenario`
+      : undefined
+  }
+  const refusalMs = floor.server.meanElu * s.seconds * 1000 / floor.gen.stats.rejected
+  const bound = goodputBound(s.rate, s.capacity, refusalMs)
+  return bound < limit
+    ? `out of reach here: a refusal costs at least ${(refusalMs * 1000).toFixed(0)} µs of CPU (refuse-all: ELU ${floor.server.meanElu} for ` +
+      `${floor.gen.stats.rejected} refusals in ${s.seconds} s), so at ${s.rate}/s at most ${pct(bound)} of capacity can be served`
+    : undefined
+}
+
 export function checkHardTargets (r: HardResults): TargetCheck[] {
   const out: TargetCheck[] = []
   for (const s of r.scenarios) {
     const lim = hardTargets[s.name]
     if (lim === undefined) continue
-    const add = (key: string, target: string, check: (run: HardRun) => { value: string, pass: boolean }): void => {
+    const add = (key: string, target: string, check: (run: HardRun) => { value: string, pass: boolean }, reason?: () => string | undefined): void => {
       const t: TargetCheck = { id: `${s.name}:${key}`, label: `${s.name} ${key}`, target, byContender: {} }
       for (const [c, run] of Object.entries(s.results)) {
         const v = check(run)
         // a figure measured while the generator could not keep up says as much about the generator
         t.byContender[c] = run.gen.behind ? { ...v, value: `${v.value} (generator behind)` } : v
       }
+      const why = t.byContender.admission?.pass === false ? reason?.() : undefined
+      if (why !== undefined) t.reason = why
       out.push(t)
     }
     if (lim.goodput !== undefined) {
       const min = lim.goodput
-      add('goodput', `>= ${pct(min)} of ${s.capacity}/s`, run => ({ value: pct(goodShare(s, run)), pass: goodShare(s, run) >= min }))
+      add('goodput', `>= ${pct(min)} of ${s.capacity}/s`, run => ({ value: pct(goodShare(s, run)), pass: goodShare(s, run) >= min }),
+        () => floorReason(s, 'goodput', min))
     }
     if (lim.noTimeouts === true) {
       add('timeouts', '= 0', run => ({ value: String(run.gen.stats.timeouts), pass: run.gen.stats.timeouts === 0 }))
@@ -64,7 +95,8 @@ export function checkHardTargets (r: HardResults): TargetCheck[] {
       const max = lim.rejP99
       add('503 p99', `<= ${max} ms`, run => run.gen.stats.rejected === 0
         ? { value: 'no 503', pass: true }
-        : { value: fmtMs(run.gen.stats.rejP99), pass: run.gen.stats.rejP99 !== null && run.gen.stats.rejP99 <= max })
+        : { value: fmtMs(run.gen.stats.rejP99), pass: run.gen.stats.rejP99 !== null && run.gen.stats.rejP99 <= max },
+      () => floorReason(s, '503 p99', max))
     }
     if (lim.sheds === true) {
       add('sheds', 'some 503', run => ({ value: String(run.gen.stats.rejected), pass: run.gen.stats.rejected > 0 }))
@@ -150,6 +182,7 @@ function targetLines (r: HardResults): { lines: string[], met: number, total: nu
     }
     const others = Object.entries(t.byContender).filter(([c]) => c !== 'admission').map(([c, v]) => `${c} ${v.value}`).join('; ')
     lines.push(`${a === undefined ? 'n/a   ' : a.pass ? 'MET   ' : 'MISSED'}  ${t.label} ${t.target}: ${a?.value ?? '-'}${others.length > 0 ? `   [${others}]` : ''}`)
+    if (t.reason !== undefined) lines.push(`          ${t.reason}`)
   }
   return { lines, met, total }
 }
@@ -201,10 +234,13 @@ export function markdownReport (r: HardResults): string {
   out.push(`Capacities: ${capacityLine(r.capacities)}. /work: ${r.capacities.workMethod}. The mix: 1 / sum(share / capacity of its route).`, '')
   if (r.targets.length > 0) {
     out.push(`## Targets: admission ${t.met}/${t.total} met`, '')
+    out.push('Where admission missed a target, the refuse-all run of the same scenario (Fastify answering every request 503 from one ' +
+      'hook, nothing admitted) tells whether any admission policy could meet it here: its 503 p99, and its CPU per refusal, from ' +
+      'which the most that can be served beside the refusals follows.', '')
     out.push(table(['', 'scenario', 'target', 'admission', 'baselines'], r.targets.map((x) => {
       const a = x.byContender.admission
       const others = Object.entries(x.byContender).filter(([c]) => c !== 'admission').map(([c, v]) => `${c} ${v.value}`).join('; ')
-      return [a === undefined ? 'n/a' : a.pass ? 'met' : '**missed**', x.label, x.target, a?.value ?? '-', others]
+      return [a === undefined ? 'n/a' : a.pass ? 'met' : '**missed**', x.label, x.target, `${a?.value ?? '-'}${x.reason !== undefined ? `; ${x.reason}` : ''}`, others]
     })), '')
   }
   for (const s of r.scenarios) {

@@ -51,6 +51,11 @@ export interface HardScenario {
    * raw-http.ts's pool where undici cannot offer the rate on one core
    */
   client?: 'undici' | 'raw'
+  /**
+   * Also run the refuse-all contender (Fastify answering every request 503): the floor of what a refusal
+   * through Fastify can do here, the measured reason when a 503 or goodput target is out of reach
+   */
+  floor?: boolean
 }
 
 export const mixRoutes: Route[] = [
@@ -62,17 +67,17 @@ export const mixRoutes: Route[] = [
 const work: Route[] = [{ path: '/work' }]
 
 export const hardScenarios: HardScenario[] = [
-  { name: 'burst-4x', label: 'idle -> 4x burst of /work', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: work },
+  { name: 'burst-4x', label: 'idle -> 4x burst of /work', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: work, floor: true },
   // undici fell behind 8000/s against a bare node:http server answering 503 (send lag p50 2.7 s, 20 000
   // connections) and kept 4300/s only just (lag p99 16 ms): with a real server's slower answers it
   // collapsed. raw-http.ts offered 8000/s at ELU 0.25. See README "Hard cases".
-  { name: 'burst-10x', label: 'idle -> 10x burst of /work (raw-http client)', base: 'work', mult: 10, seconds: 8, start: 'idle', routes: work, client: 'raw' },
-  { name: 'flood-4x', label: 'started into a 4x flood of /work', base: 'work', mult: 4, seconds: 8, start: 'flood', routes: work },
+  { name: 'burst-10x', label: 'idle -> 10x burst of /work (raw-http client)', base: 'work', mult: 10, seconds: 8, start: 'idle', routes: work, client: 'raw', floor: true },
+  { name: 'flood-4x', label: 'started into a 4x flood of /work', base: 'work', mult: 4, seconds: 8, start: 'flood', routes: work, floor: true },
   { name: 'sync-3x', label: 'synchronous CPU route (10 ms, no await) at 3x', base: 'sync', mult: 3, seconds: 8, start: 'idle', routes: [{ path: SYNC_PATH }] },
   { name: 'random-0.8x', label: '0.8x Poisson /work', base: 'work', mult: 0.8, seconds: 10, start: 'idle', routes: work },
   { name: 'slow-0.7x', label: 'slow downstream (30 ms CPU + 400 ms I/O) at 0.7x', base: 'slow', mult: 0.7, seconds: 10, start: 'idle', routes: [{ path: SLOW_PATH }] },
   { name: 'mixed-3x', label: 'mixed app (50 % /hello, 40 % /work, 10 % sync 10 ms) at 3x', base: 'mix', mult: 3, seconds: 8, start: 'idle', routes: mixRoutes },
-  { name: 'logger-4x', label: 'idle -> 4x burst of /work, Fastify logger on', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: work, env: { BENCH_LOGGER: '1' } }
+  { name: 'logger-4x', label: 'idle -> 4x burst of /work, Fastify logger on', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: work, env: { BENCH_LOGGER: '1' }, floor: true }
 ]
 
 export interface Capacities {
@@ -270,7 +275,7 @@ export async function runHardBench (o: HardOptions): Promise<HardResults> {
     .filter(s => o.only === undefined || o.only.has(s.name))
     .map(s => ({ ...s, seconds: o.seconds ?? s.seconds }))
   const contenders = o.contenders ?? ['admission', 'under-pressure', 'bare']
-  log(`\nhard cases: ${picked.map(s => s.name).join(', ')}; contenders ${contenders.join(', ')}; fresh server per run, no warm-up load`)
+  log(`\nhard cases: ${picked.map(s => s.name).join(', ')}; contenders ${contenders.join(', ')}${o.contenders === undefined ? ' (and refuse-all, the floor, where a scenario has a 503 target)' : ''}; fresh server per run, no warm-up load`)
 
   const uses = (b: Base): boolean => picked.some(s => s.base === b || (b === 'sync' && (s.base === 'slow' || s.base === 'mix')))
   let workRps: number
@@ -300,7 +305,7 @@ export async function runHardBench (o: HardOptions): Promise<HardResults> {
     const seed = seedOf(s.name)
     log(`${s.name}: ${s.label}, ${rate}/s Poisson for ${s.seconds} s (${s.mult}x of ${capacity}/s)  [${((performance.now() - t0) / 1000).toFixed(0)} s]`)
     const res: HardScenarioResult = { ...s, capacity, rate, seed, results: {} }
-    for (const c of contenders) {
+    for (const c of o.contenders ?? (s.floor === true ? [...contenders, 'refuse-all' as const] : contenders)) {
       try {
         const run = await runOne(s, rate, seed, c)
         res.results[c] = run

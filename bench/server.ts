@@ -1,6 +1,6 @@
 // Server under test: one contender per process.
 //
-//   node --import tsx bench/server.ts --contender bare|under-pressure|static-cap|admission --port N
+//   node --import tsx bench/server.ts --contender bare|under-pressure|static-cap|admission|refuse-all --port N
 //        [--series FILE|-|off] [--stall-every-ms N --stall-ms M]
 //
 // Routes:
@@ -21,7 +21,7 @@ import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 
-export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission'] as const
+export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission', 'refuse-all'] as const
 export type Contender = typeof contenders[number]
 
 /** The read-only snapshot the admission plugin exposes as `app.admission` (see the plugin contract). */
@@ -138,6 +138,13 @@ export async function buildServer (contender: Contender): Promise<FastifyInstanc
     }
     case 'static-cap':
       staticCap(app, 100)
+      break
+    case 'refuse-all':
+      // The floor of a refusal through Fastify: one hook answers every request 503, nothing is admitted.
+      // What it cannot do (a cold process, connections opened on demand) no admission policy can.
+      app.addHook('onRequest', function refuseAll (_request, reply, _done) {
+        reply.code(503).header('retry-after', '1').send({ statusCode: 503, error: 'Service Unavailable', message: 'refused' })
+      })
       break
     case 'admission':
       // Default options are what the benchmark measures; BENCH_ADMISSION_OPTIONS (JSON) is for tuning runs.

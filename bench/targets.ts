@@ -10,6 +10,8 @@ export interface TargetCheck {
   label: string
   target: string
   byContender: Record<string, { value: string, pass: boolean }>
+  /** For a target admission missed: what was measured in the same run that puts it out of reach. */
+  reason?: string
 }
 
 export function checkTargets (r: BenchResults): TargetCheck[] {
