@@ -154,8 +154,8 @@ export class AdaptiveLimit {
 /**
  * The limit for a model in-flight (capacity x baseline x headroom x gain). Random arrivals below
  * capacity make in-flight fluctuate around its mean by about its square root: the limit allows
- * VARIANCE_ALLOWANCE of those above the model, so that a burst the loop absorbs is not refused. Not
- * once the limit has bound for SUSTAINED_WINDOWS in a row: the model alone then.
+ * VARIANCE_ALLOWANCE of those above the model, so that a burst the loop absorbs is not refused.
+ * (Once the limit has bound for SUSTAINED_WINDOWS in a row, update() uses the model alone.)
  */
 export function limitOf (model: number): number {
   return Math.ceil(model + VARIANCE_ALLOWANCE * Math.sqrt(model))

@@ -10,8 +10,9 @@
 //     for an interval, and the loop never waited for I/O in between. A request read after the turn has
 //     run its budget of new requests (from its first) is refused. The continuations a turn runs before
 //     its first request are work already admitted, which the concurrency limit bounds: counting them
-//     refused requests read after a clump of 20 ms awaits that expired together at 0.8x. This holds synchronous handlers, which never overlap and so
-//     never raise in-flight, and it needs nothing learned: it works from a process's first request.
+//     refused requests read after a clump of 20 ms awaits that expired together at 0.8x. This holds
+//     synchronous handlers, which never overlap and so never raise in-flight, and it needs nothing
+//     learned: it works from a process's first request.
 //   - accept backlog: many turns in a row, without an idle moment, each accepted a connection. Clients
 //     that open connections on demand wait in the kernel until short turns let them in.
 // A burst of random arrivals below capacity makes a few late turns and then idles; an overload does not.
