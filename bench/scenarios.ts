@@ -158,12 +158,18 @@ export interface CapacityResult {
 
 const RAMP_FACTOR = 1.1
 const RAMP_STEP_S = 0.2
+/** A failed capacity probe is followed by one at this share of its rate. */
+const PROBE_STEP = 0.93
 
 /**
  * The highest rate at which bare Fastify still meets the SLO on /work: a geometric ramp
- * (0.2 s steps, ×1.1) finds where latency starts to grow, then short probes refine it.
+ * (0.2 s steps, ×1.1) finds where latency starts to grow, then probes refine it.
  * A probe passes when ≥ 99 % of requests are 2xx within the SLO and admitted p99 stays
  * ≤ max(100 ms, 3 × the ramp's unloaded p99) — i.e. no queue builds up during the probe.
+ * Each probe runs as a sweep point does (a fresh server, 1 s of warm-up at 0.3x, then as long as
+ * a point): a 3 s probe on the ramp's server, warm from thousands of requests, passed at 456/s
+ * where a sweep point of bare Fastify at that rate built a queue from its first second (p99
+ * 119 ms, then 271, 519 … 958 ms) and sustained only about 420/s.
  */
 export async function measureCapacity (cfg: BenchConfig): Promise<CapacityResult> {
   let result = await measureCapacityOnce(cfg)
@@ -180,7 +186,7 @@ export async function measureCapacity (cfg: BenchConfig): Promise<CapacityResult
 }
 
 async function measureCapacityOnce (cfg: BenchConfig): Promise<CapacityResult> {
-  return await withServer({ contender: 'bare', series: false }, async (srv) => {
+  const { steps, estimate, baseP99, rampInterference } = await withServer({ contender: 'bare', series: false }, async (srv) => {
     const before = cpuSnapshot(srv.pid)
     await runOpenLoop({ port: srv.port, phases: [{ seconds: 0.5, rate: 150 }], routes: '/work', drainMs: 1000 })
     const rates: number[] = []
@@ -204,7 +210,6 @@ async function measureCapacityOnce (cfg: BenchConfig): Promise<CapacityResult> {
       steps.push({ rate, okP90: round(pct(lat, 90)), offered: w.offered, good: w.good })
     }
     const base = pct(collectOk(ramp, 0, 800), 50) ?? 25
-    const baseP99 = pct(collectOk(ramp, 0, 800), 99) ?? 30
     // queue onset: the first of two consecutive steps whose p90 is 25 ms above the unloaded median
     // (a single slow step is noise; a real queue only grows)
     const slow = steps.map(s => s.okP90 === null || s.okP90 > base + 25 || s.good < s.offered)
@@ -213,45 +218,60 @@ async function measureCapacityOnce (cfg: BenchConfig): Promise<CapacityResult> {
       if (slow[k] === true && (slow[k + 1] ?? true)) break
       estimate = (steps[k] as { rate: number }).rate
     }
-    // refine around the estimate with short probes
-    const probeSeconds = cfg.quick ? 1.5 : 3
-    const maxProbes = cfg.quick ? 2 : 3
-    const p99Limit = Math.max(100, 3 * baseP99)
-    let lo = estimate / RAMP_FACTOR
-    let hi = estimate * RAMP_FACTOR
-    let best: number | undefined
-    const probes: CapacityResult['probes'] = []
-    let candidate = estimate
-    for (let k = 0; k < maxProbes; k++) {
-      const r = Math.round(candidate)
-      const res = await runOpenLoop({ port: srv.port, phases: [{ seconds: probeSeconds, rate: r }], routes: '/work', drainMs: 3000 })
-      const w = windowStats(res.records, 0, probeSeconds, cfg.sloMs)
-      const goodShare = w.offered > 0 ? w.good / w.offered : 0
-      const pass = goodShare >= 0.99 && w.okP99 !== null && w.okP99 <= p99Limit
-      probes.push({
-        rate: r,
-        seconds: probeSeconds,
-        pass,
-        goodShare: round(goodShare, 4) ?? 0,
-        okP99: round(w.okP99),
-        why: pass ? 'meets SLO' : goodShare < 0.99 ? `only ${(goodShare * 100).toFixed(1)} % good` : `p99 ${w.okP99?.toFixed(0)} ms > ${p99Limit.toFixed(0)} ms`
-      })
-      cfg.log(`  capacity probe ${r}/s: ${pass ? 'pass' : 'fail'} (good ${(goodShare * 100).toFixed(1)} %, p99 ${w.okP99?.toFixed(1)} ms)`)
-      if (pass) { best = Math.max(best ?? 0, r); lo = r } else { hi = r }
-      candidate = Math.sqrt(lo * hi)
-      await sleepMs(100)
-    }
-    const rps = Math.round(best ?? lo)
-    return {
-      rps,
-      method: `ramp ×${RAMP_FACTOR} per ${RAMP_STEP_S} s to queue onset, then ${maxProbes} probe(s) of ${probeSeconds} s: ≥ 99 % 2xx within ${cfg.sloMs} ms and p99 ≤ ${p99Limit.toFixed(0)} ms`,
-      ramp: steps,
-      estimate,
-      probes,
-      unloadedP99: round(baseP99),
-      interference: interference(before, cpuSnapshot(srv.pid))
-    }
+    return { steps, estimate, baseP99: pct(collectOk(ramp, 0, 800), 99) ?? 30, rampInterference: interference(before, cpuSnapshot(srv.pid)) }
   })
+  // refine around the estimate with probes under the sweep's conditions: down by PROBE_STEP until one
+  // passes (or up until one fails), then halve the bracket
+  const probeSeconds = cfg.quick ? 3 : 7
+  const maxProbes = cfg.quick ? 3 : 5
+  const p99Limit = Math.max(100, 3 * baseP99)
+  let passed: number | undefined
+  let failed: number | undefined
+  const probes: CapacityResult['probes'] = []
+  let worst = rampInterference
+  let r = estimate
+  for (let k = 0; k < maxProbes; k++) {
+    const m = await withServer({ contender: 'bare', series: false }, async (srv) => await measure(srv, {
+      phases: [{ seconds: probeSeconds, rate: r }],
+      routes: '/work',
+      warmup: { seconds: 1, rate: Math.round(r * 0.3) },
+      drainMs: 3000,
+      timeoutMs: cfg.timeoutMs
+    }))
+    worst = worseInterference(worst, m.interference)
+    const w = windowStats(m.gen.records, 0, probeSeconds, cfg.sloMs)
+    const goodShare = w.offered > 0 ? w.good / w.offered : 0
+    const pass = goodShare >= 0.99 && w.okP99 !== null && w.okP99 <= p99Limit
+    probes.push({
+      rate: r,
+      seconds: probeSeconds,
+      pass,
+      goodShare: round(goodShare, 4) ?? 0,
+      okP99: round(w.okP99),
+      why: pass ? 'meets SLO' : goodShare < 0.99 ? `only ${(goodShare * 100).toFixed(1)} % good` : `p99 ${w.okP99?.toFixed(0)} ms > ${p99Limit.toFixed(0)} ms`
+    })
+    cfg.log(`  capacity probe ${r}/s: ${pass ? 'pass' : 'fail'} (good ${(goodShare * 100).toFixed(1)} %, p99 ${w.okP99?.toFixed(1)} ms)`)
+    if (pass) passed = r
+    else failed = r
+    if (passed !== undefined && failed !== undefined && failed / passed < 1.02) break
+    r = Math.round(passed === undefined ? r * PROBE_STEP : failed === undefined ? r / PROBE_STEP : Math.sqrt(passed * failed))
+  }
+  return {
+    // no probe passed: below the lowest one tried, unverified
+    rps: passed ?? Math.round(r),
+    method: `ramp ×${RAMP_FACTOR} per ${RAMP_STEP_S} s to queue onset, then up to ${maxProbes} probes of ${probeSeconds} s, each on a fresh server after 1 s at 0.3x: ≥ 99 % 2xx within ${cfg.sloMs} ms and p99 ≤ ${p99Limit.toFixed(0)} ms`,
+    ramp: steps,
+    estimate,
+    probes,
+    unloadedP99: round(baseP99),
+    interference: worst
+  }
+}
+
+/** The larger share of foreign CPU of two measurements, per CPU. */
+function worseInterference (a: Interference | undefined, b: Interference | undefined): Interference | undefined {
+  if (a === undefined || b === undefined) return a ?? b
+  return a.cpu0Foreign + a.cpu1Foreign >= b.cpu0Foreign + b.cpu1Foreign ? a : b
 }
 
 function collectOk (g: OpenLoopResult, fromMs: number, toMs: number): Float64Array {
