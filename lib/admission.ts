@@ -326,7 +326,8 @@ export class AdmissionController {
       elu: this.elu,
       completed: this.#completed,
       latencySumMs: this.#latencySumMs,
-      rejected: limitRefused
+      rejected: limitRefused,
+      arrivals
     })
     this.#graceOver = nowMs >= this.#graceUntil
     this.#enforcing = this.#graceOver && (this.limiter.pressure || (this.#turns?.standing() ?? false))

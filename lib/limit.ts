@@ -23,6 +23,8 @@ export interface WindowStats {
   latencySumMs: number
   /** Requests refused by the limit (or, in observe mode, that would have been) in the window; ceilings not included. */
   rejected: number
+  /** Requests that arrived in the window, admitted or refused. */
+  arrivals: number
 }
 
 export interface LimitSettings {
@@ -37,7 +39,10 @@ export interface LimitSettings {
 
 /** ELU at or above which the loop is under pressure and the limit is enforced. */
 export const PRESSURE_ELU = 0.9
-/** While shedding, pressure holds until ELU falls below this (hysteresis against on/off flapping). */
+/**
+ * While shedding, pressure holds until ELU falls below this (hysteresis against on/off flapping), unless
+ * arrivals exceed the capacity.
+ */
 export const RELEASE_ELU = 0.75
 /** Windows with fewer completions than this carry too little information to learn from. */
 export const MIN_SAMPLES = 5
@@ -91,7 +96,11 @@ export class AdaptiveLimit {
     const elu = clamp(finiteOr(w.elu, 0), 0, 1)
 
     if (this.pressure) {
-      this.pressure = elu >= PRESSURE_ELU || (w.rejected > 0 && elu >= RELEASE_ELU)
+      // While shedding, an idle moment releases pressure, unless more arrived than a fully busy loop
+      // finishes: then the limit is too low (the gain raises it), not the overload over. Released, it
+      // would admit everything until a loop busy for an interval enforces it again: at 4x, a third of
+      // a second of work that stalls the loop and makes on-demand clients open hundreds of connections.
+      this.pressure = elu >= PRESSURE_ELU || (w.rejected > 0 && (elu >= RELEASE_ELU || this.#beyondCapacity(w.arrivals, seconds)))
     } else {
       this.pressure = elu >= PRESSURE_ELU
     }
@@ -131,6 +140,11 @@ export class AdaptiveLimit {
       // and taking the room away then refused more of them.
       this.limit = clamp(this.#binding >= SUSTAINED_WINDOWS ? Math.ceil(model) : limitOf(model), s.minLimit, s.maxLimit)
     }
+  }
+
+  /** More arrived in the window than a fully busy loop finishes, by the capacity learned so far. */
+  #beyondCapacity (arrivals: number, seconds: number): boolean {
+    return this.capacity > 0 && arrivals / seconds >= this.capacity
   }
 
   #learn (completed: number, latencySumMs: number, seconds: number, elu: number): void {

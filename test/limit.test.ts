@@ -4,7 +4,7 @@ import { AdaptiveLimit, limitOf, MAX_POOL_WINDOWS, MIN_SAMPLES, SUSTAINED_WINDOW
 const settings = { minLimit: 2, maxLimit: 1000, initialLimit: 50, headroom: 0.5, busyTarget: 0.98 }
 
 function win (over: Partial<WindowStats>): WindowStats {
-  return { durationMs: 100, elu: 0.5, completed: 20, latencySumMs: 20 * 20, rejected: 0, ...over }
+  return { durationMs: 100, elu: 0.5, completed: 20, latencySumMs: 20 * 20, rejected: 0, arrivals: 20, ...over }
 }
 
 t.test('starts at the initial limit, unenforced, knowing nothing', async t => {
@@ -50,6 +50,24 @@ t.test('pressure: on at ELU ≥ 0.9; held while shedding down to 0.75; off below
   l.update(win({ elu: 0.95 }))
   l.update(win({ elu: 0.74, rejected: 9 }))
   t.equal(l.pressure, false, 'released: loop has headroom even though it was shedding')
+})
+
+t.test('pressure held at an idle moment while more arrive than the loop can finish (enforcement dropped mid-burst)', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({})) // capacity 400/s
+  l.update(win({ elu: 0.95, rejected: 100, arrivals: 160 }))
+  t.equal(l.pressure, true)
+  const gain = l.gain
+  // a limit cut too low leaves the loop idle while 1600/s arrive: still overloaded, the gain raises the limit
+  l.update(win({ elu: 0.7, rejected: 150, arrivals: 160 }))
+  t.equal(l.pressure, true, 'held: 1600/s arrive for a capacity of 400/s')
+  t.ok(l.gain > gain, 'the limit rises instead')
+  // arrivals below capacity while the limit refuses at an idle loop (a slow downstream): released
+  l.update(win({ elu: 0.7, rejected: 5, arrivals: 30 }))
+  t.equal(l.pressure, false, 'released: 300/s arrive for 400/s')
+  l.update(win({ elu: 0.95 }))
+  l.update(win({ elu: 0.7, rejected: 0, arrivals: 160 }))
+  t.equal(l.pressure, false, 'released: nothing was refused')
 })
 
 t.test('under pressure latency carries queueing: the baseline only falls', async t => {
