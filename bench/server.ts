@@ -139,13 +139,19 @@ export async function buildServer (contender: Contender): Promise<FastifyInstanc
     case 'static-cap':
       staticCap(app, 100)
       break
-    case 'refuse-all':
+    case 'refuse-all': {
       // The floor of a refusal through Fastify: one hook answers every request 503, nothing is admitted.
-      // What it cannot do (a cold process, connections opened on demand) no admission policy can.
+      // What it cannot do (a cold process, connections opened on demand) no admission policy can. With
+      // the logger on, its refusals skip the "request completed" line as the plugin's do (the
+      // "incoming request" line is written before any hook): a floor that logged more than the plugin
+      // would put a goodput bound below what the plugin serves.
+      const quiet = app.log.child({}, { level: 'warn' })
       app.addHook('onRequest', function refuseAll (_request, reply, _done) {
+        reply.log = quiet
         reply.code(503).header('retry-after', '1').send({ statusCode: 503, error: 'Service Unavailable', message: 'refused' })
       })
       break
+    }
     case 'admission':
       // Default options are what the benchmark measures; BENCH_ADMISSION_OPTIONS (JSON) is for tuning runs.
       await app.register(await loadAdmission(), JSON.parse(process.env.BENCH_ADMISSION_OPTIONS ?? '{}'))
