@@ -39,6 +39,9 @@ const goodShare = (s: HardScenarioResult, r: HardRun): number => r.gen.stats.goo
  * The most a loop can serve, as a share of capacity, when every request it does not serve is refused at
  * `refusalMs` of CPU and a served one costs 1 / capacity: served × (1 / capacity) + (rate − served) ×
  * refusal ≤ 1 s of CPU per second. An underestimated refusal cost only raises the bound (rate > capacity).
+ * The floor's busy time per refusal also carries what its loop spends on anything else (accepting
+ * connections, timers, a cold start), so the figure is an estimate: where admission served more than
+ * it, it does not hold, and floorReason() says nothing.
  */
 export function goodputBound (rate: number, capacity: number, refusalMs: number): number {
   const served = (1 - rate * refusalMs / 1000) / (1 / capacity - refusalMs / 1000)
@@ -48,6 +51,7 @@ export function goodputBound (rate: number, capacity: number, refusalMs: number)
 /** What the refuse-all run of a scenario (the floor) says of a target admission missed, if anything. */
 function floorReason (s: HardScenarioResult, key: 'goodput' | '503 p99', limit: number): string | undefined {
   const floor = s.results['refuse-all']
+  const admission = s.results.admission
   if (floor === undefined || floor.gen.stats.rejected === 0 || floor.gen.behind) return undefined
   if (key === '503 p99') {
     const p99 = floor.gen.stats.rejP99
@@ -57,9 +61,9 @@ function floorReason (s: HardScenarioResult, key: 'goodput' | '503 p99', limit: 
   }
   const refusalMs = floor.server.meanElu * s.seconds * 1000 / floor.gen.stats.rejected
   const bound = goodputBound(s.rate, s.capacity, refusalMs)
-  return bound < limit
-    ? `out of reach here: a refusal costs at least ${(refusalMs * 1000).toFixed(0)} µs of CPU (refuse-all: ELU ${floor.server.meanElu} for ` +
-      `${floor.gen.stats.rejected} refusals in ${s.seconds} s), so at ${s.rate}/s at most ${pct(bound)} of capacity can be served`
+  return bound < limit && admission !== undefined && goodShare(s, admission) <= bound
+    ? `out of reach here: the floor's loop was busy ${(refusalMs * 1000).toFixed(0)} µs per refusal (refuse-all: ELU ${floor.server.meanElu} for ` +
+      `${floor.gen.stats.rejected} refusals in ${s.seconds} s), which leaves room to serve about ${pct(bound)} of capacity at ${s.rate}/s`
     : undefined
 }
 
