@@ -62,8 +62,8 @@ function floorReason (s: HardScenarioResult, key: 'goodput' | '503 p99', limit: 
   const refusalMs = floor.server.meanElu * s.seconds * 1000 / floor.gen.stats.rejected
   const bound = goodputBound(s.rate, s.capacity, refusalMs)
   return bound < limit && admission !== undefined && goodShare(s, admission) <= bound
-    ? `out of reach here: the floor's loop was busy ${(refusalMs * 1000).toFixed(0)} µs per refusal (refuse-all: ELU ${floor.server.meanElu} for ` +
-      `${floor.gen.stats.rejected} refusals in ${s.seconds} s), which leaves room to serve about ${pct(bound)} of capacity at ${s.rate}/s`
+    ? `the floor's loop was busy ${(refusalMs * 1000).toFixed(0)} µs per refusal (refuse-all: ELU ${floor.server.meanElu} for ` +
+      `${floor.gen.stats.rejected} refusals in ${s.seconds} s), which by estimate leaves room to serve about ${pct(bound)} of capacity at ${s.rate}/s`
     : undefined
 }
 
@@ -239,8 +239,9 @@ export function markdownReport (r: HardResults): string {
   if (r.targets.length > 0) {
     out.push(`## Targets: admission ${t.met}/${t.total} met`, '')
     out.push('Where admission missed a target, the refuse-all run of the same scenario (Fastify answering every request 503 from one ' +
-      'hook, nothing admitted) tells whether any admission policy could meet it here: its 503 p99, and its CPU per refusal, from ' +
-      'which the most that can be served beside the refusals follows.', '')
+      'hook, nothing admitted) says what it can: its 503 p99 (what no admission policy in a hook beats here), and its loop\'s busy ' +
+      'time per refusal, from which follows an estimate of what can be served beside the refusals (given only where admission ' +
+      'served no more; an estimate, since that busy time holds the floor\'s other work too).', '')
     out.push(table(['', 'scenario', 'target', 'admission', 'baselines'], r.targets.map((x) => {
       const a = x.byContender.admission
       const others = Object.entries(x.byContender).filter(([c]) => c !== 'admission').map(([c, v]) => `${c} ${v.value}`).join('; ')

@@ -168,8 +168,8 @@ const PROBE_STEP = 0.93
  * ≤ max(100 ms, 3 × the ramp's unloaded p99) — i.e. no queue builds up during the probe.
  * Each probe runs as a sweep point does (a fresh server, 1 s of warm-up at 0.3x, then as long as
  * a point): a 3 s probe on the ramp's server, warm from thousands of requests, passed at 456/s
- * where a sweep point of bare Fastify at that rate built a queue from its first second (p99
- * 119 ms, then 271, 519 … 958 ms) and sustained only about 420/s.
+ * where bare Fastify run as a sweep point at that rate built a queue from its first second (p99
+ * 119 ms, then 271, 519 … 958 ms; 400/s held, 420/s did not).
  */
 export async function measureCapacity (cfg: BenchConfig): Promise<CapacityResult> {
   let result = await measureCapacityOnce(cfg)

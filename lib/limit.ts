@@ -98,8 +98,8 @@ export class AdaptiveLimit {
     if (this.pressure) {
       // While shedding, an idle moment releases pressure, unless more arrived than a fully busy loop
       // finishes: then the limit is too low (the gain raises it), not the overload over. Released, it
-      // would admit everything until a loop busy for an interval enforces it again: at 4x, a third of
-      // a second of work that stalls the loop and makes on-demand clients open hundreds of connections.
+      // would admit everything until a loop busy for an interval enforces it again (55 requests in 143 ms
+      // in a traced 4x burst): a stall that makes on-demand clients open hundreds of connections.
       this.pressure = elu >= PRESSURE_ELU || (w.rejected > 0 && (elu >= RELEASE_ELU || this.#beyondCapacity(w.arrivals, seconds)))
     } else {
       this.pressure = elu >= PRESSURE_ELU
