@@ -51,7 +51,6 @@ export function goodputBound (rate: number, capacity: number, refusalMs: number)
 /** What the refuse-all run of a scenario (the floor) says of a target admission missed, if anything. */
 function floorReason (s: HardScenarioResult, key: 'goodput' | '503 p99', limit: number): string | undefined {
   const floor = s.results['refuse-all']
-  const admission = s.results.admission
   if (floor === undefined || floor.gen.stats.rejected === 0 || floor.gen.behind) return undefined
   if (key === '503 p99') {
     const p99 = floor.gen.stats.rejP99
@@ -61,6 +60,7 @@ function floorReason (s: HardScenarioResult, key: 'goodput' | '503 p99', limit: 
   }
   const refusalMs = floor.server.meanElu * s.seconds * 1000 / floor.gen.stats.rejected
   const bound = goodputBound(s.rate, s.capacity, refusalMs)
+  const admission = s.results.admission
   return bound < limit && admission !== undefined && goodShare(s, admission) <= bound
     ? `the floor's loop was busy ${(refusalMs * 1000).toFixed(0)} µs per refusal (refuse-all: ELU ${floor.server.meanElu} for ` +
       `${floor.gen.stats.rejected} refusals in ${s.seconds} s), which by estimate leaves room to serve about ${pct(bound)} of capacity at ${s.rate}/s`

@@ -268,7 +268,7 @@ async function measureCapacityOnce (cfg: BenchConfig): Promise<CapacityResult> {
   }
 }
 
-/** The larger share of foreign CPU of two measurements, per CPU. */
+/** Of two measurements, the one in which other processes took more CPU (both CPUs together). */
 function worseInterference (a: Interference | undefined, b: Interference | undefined): Interference | undefined {
   if (a === undefined || b === undefined) return a ?? b
   return a.cpu0Foreign + a.cpu1Foreign >= b.cpu0Foreign + b.cpu1Foreign ? a : b
