@@ -145,6 +145,12 @@ export interface ControllerHooks {
  */
 export const ACCEPT_SHARE = 0.25
 
+/**
+ * A stall's allowance shrinks as a backlog drains at this share of capacity: at loads up to
+ * 1 - STALL_DRAIN_SHARE of capacity the backlog is served before the allowance runs out.
+ */
+export const STALL_DRAIN_SHARE = 0.2
+
 /** Completions the capacity estimate must have seen before saturation is offered ÷ capacity. */
 export const SATURATION_CONFIDENCE = 300
 /** Time constant of the saturation's smoothing, ms: a scrape every few seconds sees a stable figure. */
@@ -188,6 +194,13 @@ export class AdmissionController {
    */
   readonly #virtual: ExpiringPermits | undefined
   #enforcing = false
+  /**
+   * After a stall (the loop ran other work for an interval without reading a request: a synchronous
+   * task, a long GC), the requests it held back: the requests the loop would have finished in the
+   * stall are let in over the limit and the turn budget. See #refusesForLoad.
+   */
+  #stallAllowance = 0
+  #stallSeen = -1
   /** A hard loop ceiling exceeded in the last window: every request is refused until the next. */
   #ceiling: RejectReason | undefined
   #graceOver: boolean
@@ -287,13 +300,29 @@ export class AdmissionController {
     const turns = this.#turns
     if (turns === undefined) return this.#enforcing && this.#decisionInflight() >= this.limiter.limit
     const overBudget = turns.overBudget()
+    if (turns.stallEnd !== this.#stallSeen) {
+      this.#stallSeen = turns.stallEnd
+      this.#stallAllowance = Math.ceil(this.limiter.capacity * turns.stallMs / 1000)
+    }
     if (!this.#graceOver) return false
     const backlog = turns.acceptBacklog()
     if (!this.#enforcing) {
       if (!backlog && !turns.standing()) return false
       this.#enforcing = true
     }
-    return overBudget || this.#decisionInflight() >= (backlog ? this.limiter.limit * ACCEPT_SHARE : this.limiter.limit)
+    // A stall leaves a backlog that looks like an overload: the window that held it was busy, the
+    // backlog raises in-flight and makes the next turns late. Below capacity it drains by itself, so
+    // what the loop would have finished during the stall is let in: the limit is raised by the
+    // allowance, and a request over the turn budget uses one of it. A request still over the raised
+    // limit means more arrive than the drain can take (an overload that paused): the allowance ends.
+    if (this.#decisionInflight() >= (backlog ? this.limiter.limit * ACCEPT_SHARE : this.limiter.limit) + this.#stallAllowance) {
+      this.#stallAllowance = 0
+      return true
+    }
+    if (!overBudget) return false
+    if (this.#stallAllowance < 1) return true
+    this.#stallAllowance--
+    return false
   }
 
   /**
@@ -330,6 +359,7 @@ export class AdmissionController {
       arrivals
     })
     this.#graceOver = nowMs >= this.#graceUntil
+    this.#stallAllowance = Math.max(0, this.#stallAllowance - STALL_DRAIN_SHARE * this.limiter.capacity * durationMs / 1000)
     this.#enforcing = this.#graceOver && (this.limiter.pressure || (this.#turns?.standing() ?? false))
     this.#arrivals = 0
     this.#refused = 0

@@ -65,6 +65,12 @@ export class LoopTurns {
   #lateAt = -1
   /** Typical length of a turn that handled requests while the loop had no standing queue, ms. */
   typicalMs = 0
+  /**
+   * The last stall: when it ended (the turn after it opened), on the clock, or -1; and how long the loop
+   * ran other work without reading a request, ms. The controller lets its backlog in (see admission.ts).
+   */
+  stallEnd = -1
+  stallMs = 0
   /** When the current turn read its first request, or -1. */
   #firstRead = -1
   /** A connection was accepted in the current turn. */
@@ -141,11 +147,18 @@ export class LoopTurns {
   #openTurn (now: number): void {
     this.#open = true
     this.#clock.atTurnEnd(this.#end)
-    const waited = this.#clock.idle() - this.#idleAtEnd > IDLE_EPSILON_MS
+    const idled = this.#clock.idle() - this.#idleAtEnd
+    const waited = idled > IDLE_EPSILON_MS
+    const gap = now - this.#lastEnd
     // The loop waited for work since the last turn ended (whatever queue there was has drained), or it
     // ran something else for a whole interval (a synchronous stall, a long GC) and the requests it held
-    // back are read now: their wait is over, whether a queue stands is for the next turns.
-    if (waited || now - this.#lastEnd >= this.#settings.intervalMs) {
+    // back are read now: their wait is over, whether a queue stands is for the next turns. A stall
+    // counts whether or not the loop idled before it.
+    if (gap - idled >= this.#settings.intervalMs) {
+      this.stallEnd = now
+      this.stallMs = gap - idled
+    }
+    if (waited || gap >= this.#settings.intervalMs) {
       this.#start = now
       this.#busySince = now
       this.#lateSince = -1

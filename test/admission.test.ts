@@ -1,6 +1,6 @@
 import t from 'tap'
 import {
-  AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, type ControllerSettings
+  AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_DRAIN_SHARE, type ControllerSettings
 } from '../lib/admission.js'
 import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
@@ -233,6 +233,118 @@ t.test('connections waiting to be accepted: the limit is enforced at a quarter',
   t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
   t.equal(c.acquire(DEFAULT_CLASS), 'rejected', '2 of 8 in flight')
   loop.endTurn()
+})
+
+/**
+ * Teaches the controller 400 requests/s at 20 ms (limit 12 + 4 x sqrt(12) = 26 with headroom 0.5):
+ * one window of 28 requests at ELU 0.7, the loop idle between them.
+ */
+function learn400 (loop: FakeLoop, c: AdmissionController, nowMs: number): void {
+  for (let i = 0; i < 28; i++) {
+    c.acquire(DEFAULT_CLASS)
+    loop.endTurn()
+    loop.wait(1)
+  }
+  for (let i = 0; i < 28; i++) c.release(20, true)
+  c.onWindow({ durationMs: 100, elu: 0.7, delayP99Ms: 0 }, nowMs)
+}
+
+/** One turn reading `n` requests, each taking `ms` of the loop; how many were admitted. */
+function readTurn (loop: FakeLoop, c: AdmissionController, n: number, ms: number): number {
+  let admitted = 0
+  for (let i = 0; i < n; i++) {
+    if (c.acquire(DEFAULT_CLASS) === 'admitted') admitted++
+    loop.work(ms)
+  }
+  loop.endTurn()
+  return admitted
+}
+
+t.test('regression: the backlog of a 200 ms stall at 0.7x was refused, and so were the arrivals behind it', async t => {
+  const { loop, c } = withTurns({ initialLimit: 50 })
+  learn400(loop, c, 100)
+  t.equal(c.limiter.capacity, 400)
+  t.equal(c.limit, 26)
+  loop.work(200) // a synchronous task: 56 requests arrive meanwhile (0.7 x 400/s)
+  c.onWindow(busy, 200) // its window was busy: pressure, the limit is enforced
+  t.equal(readTurn(loop, c, 56, 0.1), 56, 'the backlog is read and admitted: the loop would have finished 80 in the stall')
+  loop.work(56) // their continuations
+  loop.endTurn()
+  const behind = [readTurn(loop, c, 17, 1), readTurn(loop, c, 12, 1)]
+  t.same(behind, [17, 12], 'the arrivals behind it are admitted while it drains')
+  t.equal(c.totals.rejected.limit, 0)
+  t.equal(c.inflight, 85, 'over the limit of 26 by the backlog')
+})
+
+t.test('an overload that paused is shed again: the stall allowance ends at the first request over the raised limit', async t => {
+  const { loop, c } = withTurns({ initialLimit: 50 })
+  learn400(loop, c, 100)
+  loop.work(200) // 4x: 320 requests arrive in the stall
+  c.onWindow(busy, 200)
+  t.equal(readTurn(loop, c, 320, 0.05), 26 + 80, 'the limit and what the stall would have served')
+  for (let i = 0; i < 80; i++) c.release(0, false)
+  t.equal(c.inflight, 26)
+  t.equal(readTurn(loop, c, 10, 0.05), 0, 'the allowance is spent: the limit alone')
+})
+
+t.test('a stall allowance shrinks as a backlog below capacity drains', async t => {
+  const { loop, c } = withTurns({ initialLimit: 50 })
+  learn400(loop, c, 100)
+  loop.work(200)
+  c.onWindow(busy, 200)
+  t.equal(readTurn(loop, c, 26, 0.1), 26)
+  let now = 200
+  for (let i = 0; i < 5; i++) c.onWindow(busy, now += 100)
+  const left = 80 - 5 * STALL_DRAIN_SHARE * 400 * 0.1
+  t.equal(readTurn(loop, c, 60, 0.1), left, `${left} left after 0.5 s`)
+  for (let i = 0; i < 26 + left; i++) c.release(0, false)
+  c.onWindow(busy, now += 100)
+  t.equal(readTurn(loop, c, 60, 0.1), 26, 'the limit alone once spent')
+})
+
+/**
+ * A synchronous 10 ms route learned at 100/s, then 30 turns of three ready requests (an admitted one
+ * runs before the next is read) after 200 ms of the loop idle or busy elsewhere; admitted per turn.
+ */
+function syncAfter (gap: 'idle' | 'stall'): { perTurn: number[], c: AdmissionController } {
+  const { loop, c } = withTurns({ initialLimit: 50 })
+  for (let i = 0; i < 10; i++) {
+    c.acquire(DEFAULT_CLASS)
+    loop.work(10)
+    c.release(10, true)
+    loop.endTurn()
+    loop.wait(1)
+  }
+  c.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 0 }, 100)
+  if (gap === 'idle') loop.wait(200)
+  else loop.work(200)
+  const perTurn: number[] = []
+  for (let i = 0; i < 30; i++) {
+    let admitted = 0
+    for (let r = 0; r < 3; r++) {
+      if (c.acquire(DEFAULT_CLASS) === 'admitted') {
+        admitted++
+        loop.work(10)
+        c.release(10, true)
+      } else {
+        loop.work(0.05)
+      }
+    }
+    perTurn.push(admitted)
+    loop.endTurn()
+  }
+  return { perTurn, c }
+}
+
+t.test('a request over the turn budget uses the stall allowance: a synchronous route after a stall', async t => {
+  const calm = syncAfter('idle')
+  const stalled = syncAfter('stall')
+  t.equal(stalled.c.limiter.capacity, 100, '100/s: 200 ms of stall held back 20 requests\' work')
+  const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0)
+  t.ok(calm.c.totals.rejected.limit > 20, `without a stall the budget refused ${calm.c.totals.rejected.limit}`)
+  t.equal(sum(stalled.perTurn), sum(calm.perTurn) + 20, 'after the stall, 20 more are let in over the budget')
+  t.equal(stalled.c.totals.rejected.limit, calm.c.totals.rejected.limit - 20)
+  t.same(stalled.perTurn.slice(-3), calm.perTurn.slice(-3), 'then the budget as before')
 })
 
 t.test('a startup grace holds even the turn budget', async t => {

@@ -65,6 +65,26 @@ t.test('regression: requests held back by a 200 ms stall outside any request wer
   t.equal(turns.late(), true, 'a shorter gap is part of the next turn: 112 ms of late turns, a standing queue')
 })
 
+t.test('a stall is remembered: how long the loop ran other work before this turn, idle or not before it', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  calm(loop, turns)
+  t.equal(turns.stallEnd, -1, 'none yet')
+  loop.wait(3)
+  loop.work(200) // idle, then a timer's synchronous work
+  turn(loop, turns, 1, 1)
+  t.equal(turns.stallEnd, loop.now - 1, 'it ended when the turn after it opened')
+  t.equal(turns.stallMs, 200, 'its busy time, not the idle before it')
+  const end = turns.stallEnd
+  loop.wait(300)
+  loop.work(50)
+  turn(loop, turns, 1, 1)
+  t.equal(turns.stallEnd, end, 'a long idle gap with short work in it is no stall')
+  loop.work(99)
+  turn(loop, turns, 1, 1)
+  t.equal(turns.stallEnd, end, 'shorter than the interval: part of the next turn')
+})
+
 t.test('regression: at 0.8x, requests read after a clump of continuations were refused', async t => {
   const loop = fakeLoop()
   const turns = new LoopTurns(settings, loop.clock)
