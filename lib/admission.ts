@@ -302,7 +302,8 @@ export class AdmissionController {
     const overBudget = turns.overBudget()
     if (turns.stallEnd !== this.#stallSeen) {
       this.#stallSeen = turns.stallEnd
-      this.#stallAllowance = Math.ceil(this.limiter.capacity * turns.stallMs / 1000)
+      // While shedding, the stall is a pause in an overload: its backlog is more of the same.
+      this.#stallAllowance = this.shedding || this.#refused > 0 ? 0 : Math.ceil(this.limiter.capacity * turns.stallMs / 1000)
     }
     if (!this.#graceOver) return false
     const backlog = turns.acceptBacklog()
@@ -314,7 +315,8 @@ export class AdmissionController {
     // backlog raises in-flight and makes the next turns late. Below capacity it drains by itself, so
     // what the loop would have finished during the stall is let in: the limit is raised by the
     // allowance, and a request over the turn budget uses one of it. A request still over the raised
-    // limit means more arrive than the drain can take (an overload that paused): the allowance ends.
+    // limit means more arrive than the drain can take (an overload that began in the stall): the
+    // allowance ends.
     if (this.#decisionInflight() >= (backlog ? this.limiter.limit * ACCEPT_SHARE : this.limiter.limit) + this.#stallAllowance) {
       this.#stallAllowance = 0
       return true

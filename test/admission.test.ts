@@ -276,7 +276,7 @@ t.test('regression: the backlog of a 200 ms stall at 0.7x was refused, and so we
   t.equal(c.inflight, 85, 'over the limit of 26 by the backlog')
 })
 
-t.test('an overload that paused is shed again: the stall allowance ends at the first request over the raised limit', async t => {
+t.test('an overload that began in a stall is shed again: the stall allowance ends at the first request over the raised limit', async t => {
   const { loop, c } = withTurns({ initialLimit: 50 })
   learn400(loop, c, 100)
   loop.work(200) // 4x: 320 requests arrive in the stall
@@ -285,6 +285,18 @@ t.test('an overload that paused is shed again: the stall allowance ends at the f
   for (let i = 0; i < 80; i++) c.release(0, false)
   t.equal(c.inflight, 26)
   t.equal(readTurn(loop, c, 10, 0.05), 0, 'the allowance is spent: the limit alone')
+})
+
+t.test('a stall while shedding is a pause in the overload: its backlog gets no allowance', async t => {
+  const { loop, c } = withTurns({ initialLimit: 50 })
+  learn400(loop, c, 100)
+  c.onWindow(busy, 200)
+  t.equal(readTurn(loop, c, 40, 0.05), 26, 'a 4x overload shed at the limit')
+  c.onWindow(busy, 300)
+  t.equal(c.shedding, true)
+  loop.work(200)
+  for (let i = 0; i < 26; i++) c.release(0, false)
+  t.equal(readTurn(loop, c, 320, 0.05), 26, 'the limit alone')
 })
 
 t.test('a stall allowance shrinks as a backlog below capacity drains', async t => {
