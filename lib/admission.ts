@@ -303,8 +303,9 @@ export class AdmissionController {
   /**
    * Whether this request is refused for load: it is read after a late turn's budget (or after the short
    * budget of a turn while connections wait to be accepted), or the limit is enforced and reached. The
-   * limit is enforced from a window under pressure, a loop busy for the interval, or an accept backlog,
-   * until a window without pressure. Nothing is refused during the startup grace.
+   * limit is enforced from a window under pressure, a loop busy for the interval, an accept backlog or a
+   * rush, until a window without pressure; a stall's backlog is let in over it. Nothing is refused
+   * during the startup grace.
    */
   #refusesForLoad (): boolean {
     const turns = this.#turns
