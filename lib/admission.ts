@@ -151,13 +151,6 @@ export const ACCEPT_SHARE = 0.25
  */
 export const STALL_DRAIN_SHARE = 0.2
 
-/**
- * Requests read in the loop's busy run at this multiple of the capacity learned, over at least
- * RUSH_MIN_MS, are an overload: the limit is enforced without waiting for the interval.
- */
-export const RUSH_FACTOR = 2
-export const RUSH_MIN_MS = 25
-
 /** Completions the capacity estimate must have seen before saturation is offered ÷ capacity. */
 export const SATURATION_CONFIDENCE = 300
 /** Time constant of the saturation's smoothing, ms: a scrape every few seconds sees a stable figure. */
@@ -208,9 +201,6 @@ export class AdmissionController {
    */
   #stallAllowance = 0
   #stallSeen = -1
-  /** The busy run the rush counts in (its start), and the requests read in it. */
-  #runStart = -1
-  #runReads = 0
   /** A hard loop ceiling exceeded in the last window: every request is refused until the next. */
   #ceiling: RejectReason | undefined
   #graceOver: boolean
@@ -303,9 +293,9 @@ export class AdmissionController {
   /**
    * Whether this request is refused for load: it is read after a late turn's budget (or after the short
    * budget of a turn while connections wait to be accepted), or the limit is enforced and reached. The
-   * limit is enforced from a window under pressure, a loop busy for the interval, an accept backlog or a
-   * rush, until a window without pressure; a stall's backlog is let in over it. Nothing is refused
-   * during the startup grace.
+   * limit is enforced from a window under pressure, a loop busy for the interval, or an accept backlog,
+   * until a window without pressure; a stall's backlog is let in over it. Nothing is refused during the
+   * startup grace.
    */
   #refusesForLoad (): boolean {
     const turns = this.#turns
@@ -319,7 +309,7 @@ export class AdmissionController {
     if (!this.#graceOver) return false
     const backlog = turns.acceptBacklog()
     if (!this.#enforcing) {
-      if (!backlog && !turns.standing() && !this.#rush(turns)) return false
+      if (!backlog && !turns.standing()) return false
       this.#enforcing = true
     }
     // A stall leaves a backlog that looks like an overload: the window that held it was busy, the
@@ -336,22 +326,6 @@ export class AdmissionController {
     if (this.#stallAllowance < 1) return true
     this.#stallAllowance--
     return false
-  }
-
-  /**
-   * Requests arrive at RUSH_FACTOR times the capacity or more, since the loop last idled: a burst on a
-   * process that has learned its capacity is met within RUSH_MIN_MS (at 4x, every 100 ms of waiting
-   * for a standing queue admits 360 ms of work). Random arrivals at 0.8x almost never read that many
-   * in a busy run, and even then only the limit is enforced, which their in-flight rarely reaches.
-   */
-  #rush (turns: LoopTurns): boolean {
-    if (turns.busySince !== this.#runStart) {
-      this.#runStart = turns.busySince
-      this.#runReads = 0
-    }
-    this.#runReads++
-    const capacity = this.limiter.capacity
-    return capacity > 0 && this.#runReads >= RUSH_FACTOR * capacity * Math.max(turns.lastRead - this.#runStart, RUSH_MIN_MS) / 1000
   }
 
   /**

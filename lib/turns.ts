@@ -71,8 +71,6 @@ export class LoopTurns {
    */
   stallEnd = -1
   stallMs = 0
-  /** When the last request was read (the clock at the last overBudget()). */
-  lastRead = 0
   /** When the current turn read its first request, or -1. */
   #firstRead = -1
   /** A connection was accepted in the current turn. */
@@ -97,7 +95,6 @@ export class LoopTurns {
    */
   overBudget (): boolean {
     const now = this.#clock.now()
-    this.lastRead = now
     if (!this.#open) this.#openTurn(now)
     if (this.#firstRead < 0) this.#firstRead = now
     const elapsed = now - this.#firstRead
@@ -122,11 +119,6 @@ export class LoopTurns {
   /** Every turn has been late for at least the interval, with no idle moment. */
   late (): boolean {
     return this.#lateAt >= 0
-  }
-
-  /** When the loop's current busy run began: the first turn that read a request after an idle moment. */
-  get busySince (): number {
-    return this.#busySince
   }
 
   /** The loop has been busy without waiting for I/O for at least the interval. */

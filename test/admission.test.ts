@@ -1,7 +1,6 @@
 import t from 'tap'
 import {
-  AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, RUSH_FACTOR, RUSH_MIN_MS, SATURATION_SMOOTHING_MS, STALL_DRAIN_SHARE,
-  type ControllerSettings
+  AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_DRAIN_SHARE, type ControllerSettings
 } from '../lib/admission.js'
 import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
@@ -260,48 +259,6 @@ function readTurn (loop: FakeLoop, c: AdmissionController, n: number, ms: number
   loop.endTurn()
   return admitted
 }
-
-/**
- * Reads at `rate` requests/s in turns of `perTurn`, the loop busy throughout, until one is refused or
- * `max` are read; returns how many were read, the first refused one included, and when.
- */
-function readAt (loop: FakeLoop, c: AdmissionController, rate: number, perTurn: number, max: number): { reads: number, ms: number } {
-  const start = loop.now
-  for (let n = 1; n <= max; n++) {
-    const refused = c.acquire(DEFAULT_CLASS) === 'rejected'
-    loop.work(1000 / rate)
-    if (n % perTurn === 0 || refused) loop.endTurn()
-    if (refused) return { reads: n, ms: loop.now - start }
-  }
-  loop.endTurn()
-  return { reads: max, ms: loop.now - start }
-}
-
-t.test('a burst on a process that has learned its capacity is met within 25 ms, not after the interval', async t => {
-  const { loop, turns, c } = withTurns({ initialLimit: 50 })
-  learn400(loop, c, 100)
-  t.equal(RUSH_FACTOR * 400 * RUSH_MIN_MS / 1000, 20, '20 reads in 25 ms at 400/s')
-  loop.wait(50)
-  const first = readAt(loop, c, 1600, 4, 200)
-  t.equal(first.reads, 27, 'a rush from the 20th read (12.5 ms): the limit (26) binds at once')
-  t.ok(first.ms < 20, `${first.ms} ms`)
-  t.equal(turns.standing(), false, 'long before the loop has been busy for the interval')
-})
-
-t.test('a busy run below twice the capacity, or one an idle moment breaks, is no rush', async t => {
-  const { loop, turns, c } = withTurns({ initialLimit: 50 })
-  learn400(loop, c, 100)
-  loop.wait(50)
-  t.equal(readAt(loop, c, 600, 4, 48).reads, 48, '1.5x for 80 ms: 48 in flight, over the limit, all admitted')
-  t.equal(turns.standing(), false)
-  loop.wait(1)
-  for (let i = 0; i < 48; i++) c.release(0, false)
-  t.equal(readAt(loop, c, 1600, 4, 19).reads, 19, '19 reads at 4x')
-  loop.wait(1)
-  t.equal(readAt(loop, c, 1600, 4, 19).reads, 19, 'and 19 more after an idle moment')
-  t.equal(c.totals.rejected.limit, 0, '38 in flight, none refused')
-  t.equal(readAt(loop, c, 1600, 4, 40).reads, 1, 'the 20th read of that run is a rush: the limit binds')
-})
 
 t.test('regression: the backlog of a 200 ms stall at 0.7x was refused, and so were the arrivals behind it', async t => {
   const { loop, c } = withTurns({ initialLimit: 50 })
