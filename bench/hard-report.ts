@@ -85,7 +85,7 @@ export function checkHardTargets (r: HardResults): TargetCheck[] {
     }
     if (lim.goodput !== undefined) {
       const min = lim.goodput
-      add('goodput', `>= ${pct(min)} of ${s.capacity}/s`, run => ({ value: pct(goodShare(s, run)), pass: goodShare(s, run) >= min }),
+      add('goodput', `>= ${pct(min)} of ${s.capacity}/s`, run => ({ value: pct(goodShare(s, run), 1), pass: goodShare(s, run) >= min }),
         () => floorReason(s, 'goodput', min))
     }
     if (lim.noTimeouts === true) {
