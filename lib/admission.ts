@@ -150,6 +150,11 @@ export const ACCEPT_SHARE = 0.25
  * 1 - STALL_DRAIN_SHARE of capacity the backlog is served before the allowance runs out.
  */
 export const STALL_DRAIN_SHARE = 0.2
+/**
+ * A stall's allowance covers at most this much of it, ms: a longer stall's backlog has waited long
+ * enough, and letting in more would queue more than half a second of work behind it.
+ */
+export const STALL_ALLOWANCE_MAX_MS = 500
 
 /** Completions the capacity estimate must have seen before saturation is offered ÷ capacity. */
 export const SATURATION_CONFIDENCE = 300
@@ -304,7 +309,9 @@ export class AdmissionController {
     if (turns.stallEnd !== this.#stallSeen) {
       this.#stallSeen = turns.stallEnd
       // While shedding, the stall is a pause in an overload: its backlog is more of the same.
-      this.#stallAllowance = this.shedding || this.#refused > 0 ? 0 : Math.ceil(this.limiter.capacity * turns.stallMs / 1000)
+      this.#stallAllowance = this.shedding || this.#refused > 0
+        ? 0
+        : Math.ceil(this.limiter.capacity * Math.min(turns.stallMs, STALL_ALLOWANCE_MAX_MS) / 1000)
     }
     if (!this.#graceOver) return false
     const backlog = turns.acceptBacklog()

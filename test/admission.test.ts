@@ -1,6 +1,7 @@
 import t from 'tap'
 import {
-  AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_DRAIN_SHARE, type ControllerSettings
+  AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
+  type ControllerSettings
 } from '../lib/admission.js'
 import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
@@ -285,6 +286,15 @@ t.test('an overload that began in a stall is shed again: the stall allowance end
   for (let i = 0; i < 80; i++) c.release(0, false)
   t.equal(c.inflight, 26)
   t.equal(readTurn(loop, c, 10, 0.05), 0, 'the allowance is spent: the limit alone')
+})
+
+t.test('a long stall\'s allowance covers half a second of it', async t => {
+  const { loop, c } = withTurns({ initialLimit: 50 })
+  learn400(loop, c, 100)
+  loop.work(2000) // a 2 s synchronous task at 0.3x: 240 requests held back
+  c.onWindow(busy, 2100)
+  t.equal(STALL_ALLOWANCE_MAX_MS, 500)
+  t.equal(readTurn(loop, c, 240, 0.05), 26 + 200, 'the limit and 500 ms of the loop\'s work')
 })
 
 t.test('a stall while shedding is a pause in the overload: its backlog gets no allowance', async t => {
