@@ -198,11 +198,10 @@ t.test('a sudden overload is met before the window closes: a loop busy for the i
   loop.endTurn()
 })
 
-t.test('a synchronous overload is shed by the turn budget although in-flight stays at 0', async t => {
-  const { loop, c } = withTurns({ initialLimit: 50 })
+/** Turns of three 10 ms synchronous requests: each admitted one finishes before the next is read. */
+function syncTurns (loop: FakeLoop, c: AdmissionController, turns: number): number[] {
   const perTurn: number[] = []
-  for (let i = 0; i < 12; i++) {
-    // Three 10 ms synchronous requests per turn: each finishes before the next is read.
+  for (let i = 0; i < turns; i++) {
     let admitted = 0
     for (let r = 0; r < 3; r++) {
       if (c.acquire(DEFAULT_CLASS) === 'admitted') {
@@ -216,6 +215,12 @@ t.test('a synchronous overload is shed by the turn budget although in-flight sta
     perTurn.push(admitted)
     loop.endTurn()
   }
+  return perTurn
+}
+
+t.test('a synchronous overload is shed by the turn budget although in-flight stays at 0', async t => {
+  const { loop, c } = withTurns({ initialLimit: 50 })
+  const perTurn = syncTurns(loop, c, 12)
   t.same(perTurn.slice(0, 4), [3, 3, 3, 3], 'four turns of 30 ms: late for 120 ms')
   t.same(perTurn.slice(-3), [1, 1, 1], 'then one request per turn')
   t.equal(c.inflight, 0)
@@ -340,22 +345,7 @@ function syncAfter (gap: 'idle' | 'stall'): { perTurn: number[], c: AdmissionCon
   c.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 0 }, 100)
   if (gap === 'idle') loop.wait(200)
   else loop.work(200)
-  const perTurn: number[] = []
-  for (let i = 0; i < 30; i++) {
-    let admitted = 0
-    for (let r = 0; r < 3; r++) {
-      if (c.acquire(DEFAULT_CLASS) === 'admitted') {
-        admitted++
-        loop.work(10)
-        c.release(10, true)
-      } else {
-        loop.work(0.05)
-      }
-    }
-    perTurn.push(admitted)
-    loop.endTurn()
-  }
-  return { perTurn, c }
+  return { perTurn: syncTurns(loop, c, 30), c }
 }
 
 t.test('a request over the turn budget uses the stall allowance: a synchronous route after a stall', async t => {
