@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util'
 import { capacityLine, checkHardTargets, fmtMs, markdownReport, printHard } from './hard-report.js'
 import { runClosedLoop, type Route } from './open-loop.js'
 import {
-  cpuSnapshot, foreignLoad, hasTaskset, installExitHandlers, interference, killAllChildren, pidAlive, pinSelf,
+  cpuSnapshot, foreignLoad, hasTaskset, installExitHandlers, interference, killAllChildren, listenDrops, pidAlive, pinSelf,
   prepareServerBundle, setQuietBudget, startServer, waitQuiet, type Interference, type ServerHandle
 } from './proc.js'
 import { gitState, isoDate } from './results.js'
@@ -72,6 +72,10 @@ export const hardScenarios: HardScenario[] = [
   // connections) and kept 4300/s only just (lag p99 16 ms): with a real server's slower answers it
   // collapsed. raw-http.ts offered 8000/s at ELU 0.25. See README "Hard cases".
   { name: 'burst-10x', label: 'idle -> 10x burst of /work (raw-http client)', base: 'work', mult: 10, seconds: 8, start: 'idle', routes: work, client: 'raw', floor: true },
+  // The same burst with a listen queue of 4096 (`listen({ backlog })`, the app's setting; the kernel caps it
+  // at net.core.somaxconn) instead of Node's 511: no target, it tells what the 1 s SYN retries of the
+  // default queue cost.
+  { name: 'burst-10x-backlog', label: 'idle -> 10x burst of /work (raw-http client), listen backlog 4096', base: 'work', mult: 10, seconds: 8, start: 'idle', routes: work, client: 'raw', env: { BENCH_BACKLOG: '4096' }, floor: true },
   { name: 'flood-4x', label: 'started into a 4x flood of /work', base: 'work', mult: 4, seconds: 8, start: 'flood', routes: work, floor: true },
   { name: 'sync-3x', label: 'synchronous CPU route (10 ms, no await) at 3x', base: 'sync', mult: 3, seconds: 8, start: 'idle', routes: [{ path: SYNC_PATH }] },
   { name: 'random-0.8x', label: '0.8x Poisson /work', base: 'work', mult: 0.8, seconds: 10, start: 'idle', routes: work },
@@ -105,6 +109,8 @@ export interface HardRun {
   interference: Interference | undefined
   /** ms from the server's first answer to the first scheduled request */
   idleMs: number
+  /** connection attempts the kernel dropped at the full listen queue during the run (see listenDrops) */
+  listenDrops?: number
 }
 
 export interface HardScenarioResult extends HardScenario {
@@ -223,13 +229,21 @@ async function runOne (s: HardScenario, rate: number, seed: number, contender: C
     if (srv === undefined) throw new Error('no server')
     srv.series.length = 0
     const before = cpuSnapshot(srv.pid)
+    const drops = listenDrops()
     const idleMs = Math.round(performance.now() - upAt)
     gen.go(srv.port)
     const result = await gen.result
     const intf = interference(before, cpuSnapshot(srv.pid), result.cpuMs)
     const series = srv.series.map(p => ({ ...p, t: Math.round(p.t - result.startEpochMs) / 1000 }))
     const died = srv.pid === undefined || !pidAlive(srv.pid)
-    return { gen: result, server: serverInfo({ series, died }, 0, s.seconds), interference: intf, idleMs }
+    const dropsAfter = listenDrops()
+    return {
+      gen: result,
+      server: serverInfo({ series, died }, 0, s.seconds),
+      interference: intf,
+      idleMs,
+      ...(drops !== undefined && dropsAfter !== undefined ? { listenDrops: dropsAfter - drops } : {})
+    }
   } finally {
     gen.stop()
     await srv?.stop()
@@ -246,7 +260,7 @@ function runLine (s: HardScenarioResult, c: string, r: HardRun): string {
   if (i !== undefined && (i.cpu0Foreign > 0.05 || i.cpu1Foreign > 0.05)) warn.push(`other processes used CPU0 ${pct100(i.cpu0Foreign)}, CPU1 ${pct100(i.cpu1Foreign)}`)
   if (r.server.died) warn.push('server died')
   return `  ${s.name.padEnd(12)} ${c.padEnd(15)} goodput ${pct100(st.goodPerSec / s.capacity).padStart(5)}  2xx p50 ${f(st.okP50)} p99 ${f(st.okP99)}` +
-    `  503 ${st.rejected} (p99 ${f(st.rejP99)})  timeouts ${st.timeouts}  errors ${st.errors + st.other}  conns ${g.conns}` +
+    `  503 ${st.rejected} (p99 ${f(st.rejP99)})  timeouts ${st.timeouts}  errors ${st.errors + st.other}  conns ${g.conns}${r.listenDrops !== undefined ? ` (listen drops ${r.listenDrops})` : ''}` +
     `  gen lag p99 ${f(g.lag.p99)} ELU ${g.elu}${warn.length > 0 ? `  [${warn.join('; ')}]` : ''}`
 }
 

@@ -279,6 +279,26 @@ export function cpuSnapshot (serverPid: number | undefined): CpuSnapshot | undef
   }
 }
 
+/**
+ * Connection attempts the kernel has dropped at a full listen queue (TcpExt ListenDrops in
+ * /proc/net/netstat), or undefined where that file is missing. The count covers the whole network
+ * namespace: the benchmark runs alone. A client retries a dropped SYN after 1 s, so a latency tail
+ * above a second in a run with drops comes from them.
+ */
+export function listenDrops (): number | undefined {
+  try {
+    const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n')
+    const at = lines.findIndex(line => line.startsWith('TcpExt:'))
+    const names = lines[at]?.split(/\s+/) ?? []
+    const values = lines[at + 1]?.split(/\s+/) ?? []
+    const i = names.indexOf('ListenDrops')
+    const n = Number(values[i])
+    return at >= 0 && i > 0 && Number.isFinite(n) ? n : undefined
+  } catch {
+    return undefined
+  }
+}
+
 export interface Interference {
   /** share of CPU 0 used by processes other than the server under test */
   cpu0Foreign: number

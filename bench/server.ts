@@ -12,6 +12,7 @@
 // registered after the contender's plugin as an application would.
 // BENCH_LOGGER=1 turns Fastify's logger on (pino, level info: a line per request and per response, as
 // `logger: true` does) writing into a stream that discards the lines: stdout carries the time series.
+// BENCH_BACKLOG=n listens with a listen queue of n (`listen({ backlog })`) instead of Node's 511.
 // /work?io=0 skips the await: with cpu2=0 as well the handler is one synchronous block of CPU work.
 import { createWriteStream } from 'node:fs'
 import { monitorEventLoopDelay, performance, type EventLoopUtilization } from 'node:perf_hooks'
@@ -244,7 +245,7 @@ async function main (): Promise<void> {
   if (!contenders.includes(contender)) throw new Error(`unknown contender ${String(values.contender)}`)
   const port = Number(values.port)
   const app = await buildServer(contender)
-  await app.listen({ host: '127.0.0.1', port })
+  await app.listen({ host: '127.0.0.1', port, ...(process.env.BENCH_BACKLOG === undefined ? {} : { backlog: Number(process.env.BENCH_BACKLOG) }) })
 
   const stops: Array<() => void> = []
   let write: ((line: string) => void) | undefined
