@@ -57,6 +57,15 @@ export const SUSTAINED_WINDOWS = 5
 /** Bounds of the feedback gain on the model limit. */
 export const MIN_GAIN = 0.5
 export const MAX_GAIN = 3
+/**
+ * A binding window whose arrivals reached this many times the capacity counts as sustained at once.
+ * Random arrivals below capacity do not double in a window: at 0.8x of 409/s, 100 ms holds 33 on
+ * average (standard deviation 6) against 82 at twice the capacity, or 50 at a cold process's low
+ * estimate of 250/s. So this is an overload, and the room left for random arrivals would only queue
+ * more work into the first half second of a burst (limit 17-20 against a model of 8 in a cold 4x
+ * burst, loop delay up to 43 ms).
+ */
+export const FLOOD_FACTOR = 2
 
 export class AdaptiveLimit {
   /** Current concurrency limit (a whole number within [minLimit, maxLimit]). */
@@ -124,7 +133,8 @@ export class AdaptiveLimit {
     }
 
     const binding = this.pressure && w.rejected > 0
-    this.#binding = binding ? this.#binding + 1 : 0
+    if (!binding) this.#binding = 0
+    else this.#binding = this.#beyondCapacity(w.arrivals, seconds, FLOOD_FACTOR) ? Math.max(this.#binding + 1, SUSTAINED_WINDOWS) : this.#binding + 1
     if (binding) {
       if (this.#feedback) this.gain = clamp(this.gain * (1 + this.#settings.busyTarget - elu), MIN_GAIN, MAX_GAIN)
     } else if (!this.pressure) {
@@ -134,17 +144,18 @@ export class AdaptiveLimit {
     if (this.capacity > 0 && this.baselineMs > 0) {
       const s = this.#settings
       const model = this.capacity * (this.baselineMs / 1000) * (1 + s.headroom) * this.gain
-      // Once the limit has bound for SUSTAINED_WINDOWS windows in a row, arrivals exceed what the loop
-      // finishes: the room limitOf() leaves for random arrivals would only be a standing queue (longer
-      // turns, later refusals). Not sooner: random arrivals near capacity bind it for a window or two,
-      // and taking the room away then refused more of them.
+      // Once the limit has bound for SUSTAINED_WINDOWS windows in a row (or once, with arrivals at
+      // FLOOD_FACTOR times capacity), arrivals exceed what the loop finishes: the room limitOf() leaves
+      // for random arrivals would only be a standing queue (longer turns, later refusals). Not sooner:
+      // random arrivals near capacity bind it for a window or two, and taking the room away then
+      // refused more of them.
       this.limit = clamp(this.#binding >= SUSTAINED_WINDOWS ? Math.ceil(model) : limitOf(model), s.minLimit, s.maxLimit)
     }
   }
 
-  /** More arrived in the window than a fully busy loop finishes, by the capacity learned so far. */
-  #beyondCapacity (arrivals: number, seconds: number): boolean {
-    return this.capacity > 0 && arrivals / seconds >= this.capacity
+  /** More arrived in the window than `factor` fully busy loops finish, by the capacity learned so far. */
+  #beyondCapacity (arrivals: number, seconds: number, factor = 1): boolean {
+    return this.capacity > 0 && arrivals / seconds >= factor * this.capacity
   }
 
   #learn (completed: number, latencySumMs: number, seconds: number, elu: number): void {

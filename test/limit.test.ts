@@ -216,3 +216,32 @@ t.test('the gain stays within [0.5, 3]', async t => {
   for (let i = 0; i < 100; i++) low.update(win({ elu: 1, rejected: 1 }))
   t.equal(low.gain, 0.5)
 })
+
+t.test('regression: a cold 4x burst kept the room for random arrivals for half a second (limit 17-20 against a model of 8)', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({}))
+  t.equal(l.limit, limitOf(12))
+  // Binding, with arrivals at twice the capacity (400/s · 0.1 s · 2 = 80): the model alone at once.
+  l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 60, arrivals: 80 }))
+  const gain = 0.98
+  t.equal(l.limit, Math.ceil(12 * gain), 'flooded: the model alone from the first binding window')
+  // It stays so while the limit binds, even once fewer arrive than twice the capacity.
+  l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 5, arrivals: 45 }))
+  t.equal(l.limit, Math.ceil(12 * gain * gain))
+  // A window in which the limit does not bind brings the room back.
+  l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 0, arrivals: 45 }))
+  t.equal(l.limit, limitOf(12 * gain * gain))
+})
+
+t.test('arrivals below twice the capacity keep the room for random arrivals while the limit binds briefly', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({}))
+  // 79 arrivals in 100 ms at a capacity of 400/s: 1.98 times it.
+  l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 30, arrivals: 79 }))
+  t.equal(l.limit, limitOf(12 * 0.98))
+  // Not counted without refusals either: arrivals at 3x that the limit does not refuse.
+  const free = new AdaptiveLimit(settings)
+  free.update(win({}))
+  free.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 0, arrivals: 120 }))
+  t.equal(free.limit, limitOf(12))
+})
