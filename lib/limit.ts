@@ -167,7 +167,10 @@ export class AdaptiveLimit {
     const meanMs = latencySumMs / completed
     if (this.baselineMs === 0) {
       this.baselineMs = meanMs
-    } else if (!this.pressure) {
+    } else if (!this.pressure || elu < RELEASE_ELU) {
+      // Pressure held by refusals on a loop this idle: the limit holds the CPU back, nothing queues for
+      // it, so latency is the baseline again. (Otherwise a mixed app whose window of mostly cheap
+      // completions lowered the baseline could never raise it: its limit stuck at 2 at ELU 0.5.)
       this.baselineMs += SMOOTHING * (meanMs - this.baselineMs)
     } else if (meanMs < this.baselineMs) {
       // Under pressure latency carries queueing: it may only teach us that requests got cheaper.

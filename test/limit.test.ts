@@ -245,3 +245,21 @@ t.test('arrivals below twice the capacity keep the room for random arrivals whil
   free.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 20, rejected: 0, arrivals: 120 }))
   t.equal(free.limit, limitOf(12))
 })
+
+t.test('regression: a mixed app\'s limit stuck at 2 with the loop half idle (a window of cheap completions lowered the baseline, and under pressure it could not rise)', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({}))
+  t.equal(l.baselineMs, 20)
+  // Saturated and refusing; a window whose completions were mostly of a cheap route: the baseline falls.
+  l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 2, rejected: 100, arrivals: 120 }))
+  t.equal(l.baselineMs, 2)
+  t.equal(l.pressure, true)
+  // The limit now holds the loop half idle while more than the capacity arrives: pressure holds, and the
+  // latencies carry no queueing for the CPU, so the baseline learns from them again.
+  l.update(win({ elu: 0.5, completed: 20, latencySumMs: 20 * 12, rejected: 100, arrivals: 120 }))
+  t.equal(l.pressure, true, 'still refusing, more arriving than the capacity')
+  t.equal(l.baselineMs, 2 + 0.3 * (12 - 2))
+  // Busy again: under pressure the baseline may only fall.
+  l.update(win({ elu: 0.95, completed: 40, latencySumMs: 40 * 30, rejected: 100, arrivals: 120 }))
+  t.equal(l.baselineMs, 2 + 0.3 * (12 - 2))
+})
