@@ -52,7 +52,10 @@ export const MAX_POOL_WINDOWS = 20
 export const SMOOTHING = 0.3
 /** Standard deviations of random (Poisson) in-flight the limit allows above the model. */
 export const VARIANCE_ALLOWANCE = 4
-/** Windows in a row with refusals under pressure after which the limit is the model alone. */
+/**
+ * Windows in a row with refusals under pressure after which the limit is the model alone (at once when
+ * one of them was flooded: see FLOOD_FACTOR).
+ */
 export const SUSTAINED_WINDOWS = 5
 /** Bounds of the feedback gain on the model limit. */
 export const MIN_GAIN = 0.5
@@ -119,6 +122,7 @@ export class AdaptiveLimit {
     // Windows without a completion are left out: their busy time belongs to requests still running.
     const pool = this.#pool
     pool.windows++
+    if (this.pressure && elu >= RELEASE_ELU) pool.queued = true
     if (w.completed > 0 && Number.isFinite(w.latencySumMs)) {
       pool.ms += w.durationMs
       pool.busyMs += elu * w.durationMs
@@ -126,15 +130,15 @@ export class AdaptiveLimit {
       pool.latencySumMs += w.latencySumMs
     }
     if (pool.completed >= MIN_SAMPLES) {
-      this.#learn(pool.completed, pool.latencySumMs, pool.ms / 1000, pool.busyMs / pool.ms)
+      this.#learn(pool.completed, pool.latencySumMs, pool.ms / 1000, pool.busyMs / pool.ms, pool.queued)
       this.#pool = emptyPool()
     } else if (pool.windows >= MAX_POOL_WINDOWS) {
       this.#pool = emptyPool()
     }
 
     const binding = this.pressure && w.rejected > 0
-    if (!binding) this.#binding = 0
-    else this.#binding = this.#beyondCapacity(w.arrivals, seconds, FLOOD_FACTOR) ? Math.max(this.#binding + 1, SUSTAINED_WINDOWS) : this.#binding + 1
+    const flooded = binding && this.#flooded(w.arrivals, seconds)
+    this.#binding = !binding ? 0 : flooded ? Math.max(this.#binding + 1, SUSTAINED_WINDOWS) : this.#binding + 1
     if (binding) {
       if (this.#feedback) this.gain = clamp(this.gain * (1 + this.#settings.busyTarget - elu), MIN_GAIN, MAX_GAIN)
     } else if (!this.pressure) {
@@ -153,12 +157,23 @@ export class AdaptiveLimit {
     }
   }
 
-  /** More arrived in the window than `factor` fully busy loops finish, by the capacity learned so far. */
-  #beyondCapacity (arrivals: number, seconds: number, factor = 1): boolean {
-    return this.capacity > 0 && arrivals / seconds >= factor * this.capacity
+  /** At least as many arrived in the window as a fully busy loop finishes, by the capacity learned so far. */
+  #beyondCapacity (arrivals: number, seconds: number): boolean {
+    return this.capacity > 0 && arrivals / seconds >= this.capacity
   }
 
-  #learn (completed: number, latencySumMs: number, seconds: number, elu: number): void {
+  /**
+   * FLOOD_FACTOR times what a fully busy loop finishes arrived in the window, and more than random
+   * arrivals at capacity bring (VARIANCE_ALLOWANCE standard deviations): that second bound matters only
+   * in windows too short to expect 16 arrivals at capacity (a 10 ms `sampleInterval`).
+   */
+  #flooded (arrivals: number, seconds: number): boolean {
+    const expected = this.capacity * seconds
+    return expected > 0 && arrivals >= Math.max(FLOOD_FACTOR * expected, expected + VARIANCE_ALLOWANCE * Math.sqrt(expected))
+  }
+
+  /** `queued`: a window of the pool was under pressure at RELEASE_ELU or busier (its latencies queued for the CPU). */
+  #learn (completed: number, latencySumMs: number, seconds: number, elu: number, queued: boolean): void {
     this.learned += completed
     if (elu > 0) {
       const sample = completed / seconds / elu
@@ -167,10 +182,11 @@ export class AdaptiveLimit {
     const meanMs = latencySumMs / completed
     if (this.baselineMs === 0) {
       this.baselineMs = meanMs
-    } else if (!this.pressure || elu < RELEASE_ELU) {
-      // Pressure held by refusals on a loop this idle: the limit holds the CPU back, nothing queues for
-      // it, so latency is the baseline again. (Otherwise a mixed app whose window of mostly cheap
-      // completions lowered the baseline could never raise it: its limit stuck at 2 at ELU 0.5.)
+    } else if (!this.pressure || !queued) {
+      // Pressure held only by refusals while more than the capacity arrives, on a loop below RELEASE_ELU
+      // in every pooled window: the limit holds the CPU back and little queues for it, so latency is
+      // near the baseline again. (Otherwise a mixed app whose window of mostly cheap completions lowered
+      // the baseline could never raise it: its limit stuck at 2 at ELU 0.5.)
       this.baselineMs += SMOOTHING * (meanMs - this.baselineMs)
     } else if (meanMs < this.baselineMs) {
       // Under pressure latency carries queueing: it may only teach us that requests got cheaper.
@@ -183,16 +199,17 @@ export class AdaptiveLimit {
  * The limit for a model in-flight (capacity x baseline x headroom x gain). Random arrivals below
  * capacity make in-flight fluctuate around its mean by about its square root: the limit allows
  * VARIANCE_ALLOWANCE of those above the model, so that a burst the loop absorbs is not refused.
- * (Once the limit has bound for SUSTAINED_WINDOWS in a row, update() uses the model alone.)
+ * (Once the limit has bound for SUSTAINED_WINDOWS in a row, or in one flooded window, update() uses
+ * the model alone.)
  */
 export function limitOf (model: number): number {
   return Math.ceil(model + VARIANCE_ALLOWANCE * Math.sqrt(model))
 }
 
-interface Pool { windows: number, ms: number, busyMs: number, completed: number, latencySumMs: number }
+interface Pool { windows: number, ms: number, busyMs: number, completed: number, latencySumMs: number, queued: boolean }
 
 function emptyPool (): Pool {
-  return { windows: 0, ms: 0, busyMs: 0, completed: 0, latencySumMs: 0 }
+  return { windows: 0, ms: 0, busyMs: 0, completed: 0, latencySumMs: 0, queued: false }
 }
 
 export function clamp (x: number, lo: number, hi: number): number {

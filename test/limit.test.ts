@@ -254,12 +254,41 @@ t.test('regression: a mixed app\'s limit stuck at 2 with the loop half idle (a w
   l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 2, rejected: 100, arrivals: 120 }))
   t.equal(l.baselineMs, 2)
   t.equal(l.pressure, true)
+  // 400/s · 0.002 s · 1.5 · 0.98 = 1.18, flooded (120 arrivals ≥ 80): the model alone, at the floor.
+  t.equal(l.limit, 2)
   // The limit now holds the loop half idle while more than the capacity arrives: pressure holds, and the
   // latencies carry no queueing for the CPU, so the baseline learns from them again.
   l.update(win({ elu: 0.5, completed: 20, latencySumMs: 20 * 12, rejected: 100, arrivals: 120 }))
   t.equal(l.pressure, true, 'still refusing, more arriving than the capacity')
   t.equal(l.baselineMs, 2 + 0.3 * (12 - 2))
+  // The gain rises too (idle loop while refusing: × (1 + 0.98 - 0.5)): 400 · 0.005 · 1.5 · 0.98 · 1.48 = 4.35.
+  t.equal(l.limit, 5)
   // Busy again: under pressure the baseline may only fall.
   l.update(win({ elu: 0.95, completed: 40, latencySumMs: 40 * 30, rejected: 100, arrivals: 120 }))
   t.equal(l.baselineMs, 2 + 0.3 * (12 - 2))
+})
+
+t.test('the baseline may still only fall under pressure when a pooled window queued for the CPU', async t => {
+  const l = new AdaptiveLimit(settings)
+  l.update(win({}))
+  l.update(win({ elu: 1, completed: 40, latencySumMs: 40 * 2, rejected: 100, arrivals: 120 }))
+  t.equal(l.baselineMs, 2)
+  // Two windows pooled for want of completions: the first saturated, the second idle while refusing.
+  // Their pooled ELU (0.725) is below RELEASE_ELU, but the first one's latencies queued.
+  l.update(win({ elu: 0.95, completed: 2, latencySumMs: 2 * 30, rejected: 100, arrivals: 120 }))
+  l.update(win({ elu: 0.5, completed: 3, latencySumMs: 3 * 12, rejected: 100, arrivals: 120 }))
+  t.equal(l.pressure, true)
+  t.equal(l.baselineMs, 2)
+})
+
+t.test('a window too short to expect 16 arrivals at capacity is flooded only 4 standard deviations above it', async t => {
+  const at = (arrivals: number): AdaptiveLimit => {
+    const l = new AdaptiveLimit(settings)
+    l.update(win({}))
+    // 10 ms at 400/s: 4 expected; twice that is 8, 4 standard deviations above it 4 + 4 · 2 = 12.
+    l.update(win({ durationMs: 10, elu: 1, completed: 0, latencySumMs: 0, rejected: 5, arrivals }))
+    return l
+  }
+  t.equal(at(11).limit, limitOf(12 * 0.98), 'not flooded: the room for random arrivals stays')
+  t.equal(at(12).limit, Math.ceil(12 * 0.98), 'flooded: the model alone')
 })
