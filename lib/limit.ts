@@ -165,7 +165,8 @@ export class AdaptiveLimit {
   /**
    * FLOOD_FACTOR times what a fully busy loop finishes arrived in the window, and more than random
    * arrivals at capacity bring (VARIANCE_ALLOWANCE standard deviations): that second bound matters only
-   * in windows too short to expect 16 arrivals at capacity (a 10 ms `sampleInterval`).
+   * where a window expects fewer than 16 arrivals at capacity (a 10 ms `sampleInterval`, or a route
+   * under 160/s: the 10 ms sync route's 3x still floods).
    */
   #flooded (arrivals: number, seconds: number): boolean {
     const expected = this.capacity * seconds
