@@ -12,6 +12,7 @@
 // registered after the contender's plugin as an application would.
 // BENCH_LOGGER=1 turns Fastify's logger on (pino, level info: a line per request and per response, as
 // `logger: true` does) writing into a stream that discards the lines: stdout carries the time series.
+// BENCH_STATIC_CAP=n sets the static-cap contender's in-flight cap (100 by default).
 // BENCH_BACKLOG=n listens with a listen queue of n (`listen({ backlog })`) instead of Node's 511.
 // /work?io=0 skips the await: with cpu2=0 as well the handler is one synchronous block of CPU work.
 import { createWriteStream } from 'node:fs'
@@ -138,7 +139,7 @@ export async function buildServer (contender: Contender): Promise<FastifyInstanc
       break
     }
     case 'static-cap':
-      staticCap(app, 100)
+      staticCap(app, numberParam(process.env.BENCH_STATIC_CAP, 100))
       break
     case 'refuse-all': {
       // The floor of a refusal through Fastify: one hook answers every request 503, nothing is admitted.

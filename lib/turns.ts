@@ -110,6 +110,11 @@ export class LoopTurns {
     return Math.max(this.#settings.budgetMs, TYPICAL_FACTOR * this.typicalMs)
   }
 
+  /** How long the current turn has run, ms: the timers and continuations before its first request included. */
+  ran (): number {
+    return this.#clock.now() - this.#start
+  }
+
   /** Called for each accepted connection. */
   connection (): void {
     if (!this.#open) this.#openTurn(this.#clock.now())
@@ -121,9 +126,9 @@ export class LoopTurns {
     return this.#lateAt >= 0
   }
 
-  /** The loop has been busy without waiting for I/O for at least the interval. */
-  standing (): boolean {
-    return this.#lastEnd - this.#busySince >= this.#settings.intervalMs
+  /** The loop has been busy without waiting for I/O for at least the interval (or `share` of it). */
+  standing (share = 1): boolean {
+    return this.#lastEnd - this.#busySince >= share * this.#settings.intervalMs
   }
 
   /**

@@ -1,6 +1,6 @@
 import t from 'tap'
 import {
-  AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
+  AdmissionController, DEFAULT_CLASS, EARLY_SHARE, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
   type ControllerSettings
 } from '../lib/admission.js'
 import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
@@ -265,6 +265,62 @@ function readTurn (loop: FakeLoop, c: AdmissionController, n: number, ms: number
   loop.endTurn()
   return admitted
 }
+
+/** Turns of one request and 1 ms of work each, the loop never idle; how many were admitted. */
+function busyTurns (loop: FakeLoop, c: AdmissionController, n: number): number {
+  let admitted = 0
+  for (let i = 0; i < n; i++) {
+    if (c.acquire(DEFAULT_CLASS) === 'admitted') admitted++
+    loop.work(1)
+    loop.endTurn()
+  }
+  return admitted
+}
+
+t.test('regression: a step to 2x let in-flight climb far past the learned limit before the loop had been busy for the interval', async t => {
+  const { loop, turns, c } = withTurns()
+  learn400(loop, c, 100)
+  t.equal(c.limit, 26)
+  t.equal(EARLY_SHARE, 0.25)
+  t.equal(busyTurns(loop, c, 40), 26, 'the learned limit, enforced once the loop has been busy 25 ms')
+  t.equal(turns.standing(), false, 'long before the interval')
+  t.equal(c.totals.rejected.limit, 14)
+})
+
+t.test('in-flight at the learned limit on a loop busy for less than a quarter of the interval is admitted', async t => {
+  const { loop, c } = withTurns()
+  learn400(loop, c, 100)
+  loop.wait(1)
+  for (let i = 0; i < 26; i++) c.acquire(DEFAULT_CLASS)
+  loop.work(21)
+  loop.endTurn()
+  t.equal(busyTurns(loop, c, 4), 4, 'busy 21-24 ms: random arrivals may bunch up that long')
+  t.equal(busyTurns(loop, c, 1), 0, 'busy 25 ms at the end of the last turn: enforced')
+})
+
+t.test('regression: while the limit bound, a turn of continuations admitted as many requests as they freed (20 ms awaits came back in clumps)', async t => {
+  const { loop, c } = withTurns()
+  learn400(loop, c, 100)
+  c.onWindow(busy, 200)
+  t.equal(readTurn(loop, c, 30, 0.05), 26, 'at the limit: the limit binds')
+  loop.work(10) // the next turn's timers: ten awaits that expired together finish
+  for (let i = 0; i < 10; i++) c.release(22, true)
+  t.equal(readTurn(loop, c, 10, 0.05), 0, 'ten permits free, but the turn has run its 5 ms budget')
+  t.equal(readTurn(loop, c, 10, 0.05), 10, 'the next turn takes them')
+  c.onWindow(busy, 300)
+  t.equal(c.limiter.binding, true)
+  for (let i = 0; i < 10; i++) c.release(22, true)
+  loop.work(6)
+  t.equal(readTurn(loop, c, 10, 0.05), 0, 'the window after a binding one still spreads them')
+})
+
+t.test('a long turn admits up to the limit while the limit does not bind', async t => {
+  const { loop, c } = withTurns()
+  learn400(loop, c, 100)
+  c.onWindow(busy, 200)
+  loop.work(10)
+  t.equal(readTurn(loop, c, 20, 0.05), 20, 'under pressure, no refusal yet: the turn budget alone (not late) refuses nothing')
+})
 
 t.test('regression: the backlog of a 200 ms stall at 0.7x was refused, and so were the arrivals behind it', async t => {
   const { loop, c } = withTurns({ initialLimit: 50 })
