@@ -150,7 +150,9 @@ export const ACCEPT_SHARE = 0.25
  * share of the interval, not the whole interval: the limit already leaves room for random arrivals (4
  * standard deviations), so in-flight at it on a busy loop is an overload. At a step from 0.3x to 2x the
  * interval let in-flight climb to 34-46 against a limit of 17-20, and the 503s of the step's first
- * quarter-second waited 62-126 ms (41-46 ms with this share and the turn rule below; runs alone).
+ * quarter-second waited up to 62-124 ms (p99 in six runs alone; 32-58 ms in four with this share and
+ * the turn rule below). The same step to 3x: admitted p99 214-283 ms in its first 0.1 s without it,
+ * 65-80 with it (two runs each).
  */
 export const EARLY_SHARE = 0.25
 
