@@ -150,8 +150,8 @@ export const ACCEPT_SHARE = 0.25
  * share of the interval, not the whole interval: the limit already leaves room for random arrivals (4
  * standard deviations), so in-flight at it on a busy loop is an overload. At a step from 0.3x to 2x the
  * interval let in-flight climb to 34-46 against a limit of 17-20, and the 503s of the step's first
- * quarter-second waited up to 62-124 ms (p99 in six runs alone; 32-58 ms in four with this share and
- * the turn rule below). The same step to 3x: admitted p99 214-283 ms in its first 0.1 s without it,
+ * quarter-second waited 62-124 ms at p99 (six runs alone), 32-58 ms in four with this share and the
+ * turn rule of #refusesForLoad. The same step to 3x: admitted p99 214-283 ms in its first 0.1 s without it,
  * 65-80 with it (two runs each).
  */
 export const EARLY_SHARE = 0.25
@@ -226,6 +226,8 @@ export class AdmissionController {
   #refused = 0
   /** Refusals by the limit only: the limit learns from its own refusals, not from the ceilings'. */
   #limitRefused = 0
+  /** The last window had refusals for load, under pressure. */
+  #boundBefore = false
   #completed = 0
   #latencySumMs = 0
   // Shedding episode.
@@ -284,6 +286,15 @@ export class AdmissionController {
     return 'rejected'
   }
 
+  /**
+   * In-flight has reached a learned limit on a loop busy for EARLY_SHARE of the interval. While the
+   * limit is not enforced it has its room for random arrivals (the limit binds no more, so it is not the
+   * model alone), unless `maxLimit` holds it lower: a ceiling the user chose.
+   */
+  #enforcesEarly (turns: LoopTurns): boolean {
+    return this.limiter.capacity > 0 && this.#decisionInflight() >= this.limiter.limit && turns.standing(EARLY_SHARE)
+  }
+
   /** The hard in-flight ceiling, when set and reached. */
   #inflightCeiling (): RejectReason | undefined {
     const max = this.#settings.maxInflight
@@ -311,8 +322,9 @@ export class AdmissionController {
    * budget of a turn while connections wait to be accepted), or the limit is enforced and reached. The
    * limit is enforced from a window under pressure, a loop busy for the interval (for EARLY_SHARE of it
    * once in-flight reaches a learned limit), or an accept backlog, until a window without pressure; a
-   * stall's backlog is let in over it. While the limit binds, a turn admits only within its budget. Nothing is refused during the
-   * startup grace.
+   * stall's backlog is let in over it. While the limit binds (in this window or the last one), a turn
+   * admits only until it has run its budget, counted from the turn's start. Nothing is refused
+   * during the startup grace.
    */
   #refusesForLoad (): boolean {
     const turns = this.#turns
@@ -328,7 +340,7 @@ export class AdmissionController {
     if (!this.#graceOver) return false
     const backlog = turns.acceptBacklog()
     if (!this.#enforcing) {
-      if (!backlog && !turns.standing() && !(this.limiter.capacity > 0 && this.#decisionInflight() >= this.limiter.limit && turns.standing(EARLY_SHARE))) return false
+      if (!backlog && !turns.standing() && !this.#enforcesEarly(turns)) return false
       this.#enforcing = true
     }
     // A stall leaves a backlog that looks like an overload: the window that held it was busy, the
@@ -341,10 +353,16 @@ export class AdmissionController {
       this.#stallAllowance = 0
       return true
     }
-    // While the limit binds, a turn that has run its budget, timers included, admits nothing more: the
-    // permits it frees go to the next turn. Requests admitted in one turn await together and come back
-    // together, so a turn of ten continuations that admitted ten more made the same clump 20 ms later.
-    if (!overBudget) return (this.#limitRefused > 0 || this.limiter.binding) && turns.ran() > turns.budget()
+    // While the limit binds (refusals for load in this window, or in the last one under pressure), a
+    // turn that has run its budget, timers included, admits nothing more: the permits it frees go to the
+    // next turn. Requests admitted in one turn await together and come back together, so a turn of ten
+    // continuations that admitted ten more made the same clump 20 ms later. Its own refusals keep it on
+    // while turns keep running over the budget with requests to refuse: at 3x, a synchronous route
+    // (which never meets the limit) answered at 2xx p99 45-48 ms so, 146-293 ms when only refusals at
+    // the limit or a late turn's budget kept it on. A window without refusals ends it. Not in observe
+    // mode: its turns carry the overload it lets through, which enforce
+    // would not have. (No stall allowance is left here: the refusal at the limit ended it.)
+    if (!overBudget) return this.mode === 'enforce' && (this.#limitRefused > 0 || this.#boundBefore) && turns.ran() > turns.budget()
     if (this.#stallAllowance < 1) return true
     this.#stallAllowance--
     return false
@@ -389,6 +407,7 @@ export class AdmissionController {
     this.#arrivals = 0
     this.#refused = 0
     this.#limitRefused = 0
+    this.#boundBefore = limitRefused > 0 && this.limiter.pressure
     this.#completed = 0
     this.#latencySumMs = 0
 

@@ -66,15 +66,17 @@ export interface AdmissionOptions {
   /**
    * The loop delay the controller steers to, milliseconds (1-1000). While every loop turn has run at
    * least this long for `congestionInterval` (a standing queue), a request read after its turn has run
-   * this long is refused. It bounds how long awaits, refusals and new connections wait, whatever the
-   * handlers do (synchronous ones included). Lower: faster refusals and awaits, fewer requests per turn.
+   * this long is refused; while the concurrency limit binds, so is a request read after its turn has
+   * run this long from its start, timers included. It bounds how long awaits, refusals and new
+   * connections wait, whatever the handlers do (synchronous ones included). Lower: faster refusals and
+   * awaits, fewer requests per turn.
    * @defaultValue 5
    */
   turnBudget?: number
   /**
    * How long the loop must stay busy (turns late, or no idle moment) before it counts as overloaded,
-   * milliseconds (10-10000). Shorter reacts faster to a burst; longer refuses less when random arrivals
-   * below capacity bunch up.
+   * milliseconds (10-10000); once in-flight has reached a learned limit, a quarter of it. Shorter reacts
+   * faster to a burst; longer refuses less when random arrivals below capacity bunch up.
    * @defaultValue 100
    */
   congestionInterval?: number

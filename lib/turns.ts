@@ -10,7 +10,8 @@
 //     for an interval, and the loop never waited for I/O in between. A request read after the turn has
 //     run its budget of new requests (from its first) is refused. The continuations a turn runs before
 //     its first request are work already admitted, which the concurrency limit bounds: counting them
-//     refused requests read after a clump of 20 ms awaits that expired together at 0.8x. This holds
+//     refused requests read after a clump of 20 ms awaits that expired together at 0.8x (once the
+//     limit binds the controller counts them: ran(), see admission.ts). This holds
 //     synchronous handlers, which never overlap and so never raise in-flight, and it needs nothing
 //     learned: it works from a process's first request.
 //   - accept backlog: many turns in a row, without an idle moment, each accepted a connection. Clients
@@ -110,9 +111,13 @@ export class LoopTurns {
     return Math.max(this.#settings.budgetMs, TYPICAL_FACTOR * this.typicalMs)
   }
 
-  /** How long the current turn has run, ms: the timers and continuations before its first request included. */
+  /**
+   * How long the current turn has run, ms (0 if none is open): from the end of the previous turn when
+   * the loop did not wait for I/O in between, so the timers and continuations before its first request
+   * count.
+   */
   ran (): number {
-    return this.#clock.now() - this.#start
+    return this.#open ? this.#clock.now() - this.#start : 0
   }
 
   /** Called for each accepted connection. */

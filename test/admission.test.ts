@@ -1,6 +1,6 @@
 import t from 'tap'
 import {
-  AdmissionController, DEFAULT_CLASS, EARLY_SHARE, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
+  AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
   type ControllerSettings
 } from '../lib/admission.js'
 import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
@@ -281,7 +281,6 @@ t.test('regression: a step to 2x let in-flight climb far past the learned limit 
   const { loop, turns, c } = withTurns()
   learn400(loop, c, 100)
   t.equal(c.limit, 26)
-  t.equal(EARLY_SHARE, 0.25)
   t.equal(busyTurns(loop, c, 40), 26, 'the learned limit, enforced once the loop has been busy 25 ms')
   t.equal(turns.standing(), false, 'long before the interval')
   t.equal(c.totals.rejected.limit, 14)
@@ -308,18 +307,65 @@ t.test('regression: while the limit bound, a turn of continuations admitted as m
   t.equal(readTurn(loop, c, 10, 0.05), 0, 'ten permits free, but the turn has run its 5 ms budget')
   t.equal(readTurn(loop, c, 10, 0.05), 10, 'the next turn takes them')
   c.onWindow(busy, 300)
-  t.equal(c.limiter.binding, true)
   for (let i = 0; i < 10; i++) c.release(22, true)
   loop.work(6)
   t.equal(readTurn(loop, c, 10, 0.05), 0, 'the window after a binding one still spreads them')
 })
 
-t.test('a long turn admits up to the limit while the limit does not bind', async t => {
-  const { loop, c } = withTurns()
+/** Ends a turn that read nothing, so that what the loop runs next counts towards the next turn. */
+function emptyTurn (loop: FakeLoop, turns: LoopTurns): void {
+  turns.connection()
+  loop.endTurn()
+}
+
+t.test('a long turn admits up to the limit while in-flight has not met it', async t => {
+  const { loop, turns, c } = withTurns()
   learn400(loop, c, 100)
   c.onWindow(busy, 200)
+  emptyTurn(loop, turns)
   loop.work(10)
-  t.equal(readTurn(loop, c, 20, 0.05), 20, 'under pressure, no refusal yet: the turn budget alone (not late) refuses nothing')
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.ok(turns.ran() > turns.budget(), 'the turn has run its budget')
+  t.equal(readTurn(loop, c, 19, 0.05), 19, 'under pressure, no refusal at the limit: the turn budget alone (not late) refuses nothing')
+})
+
+t.test('the turn rule stays on while its own refusals go on, and a window without refusals ends it', async t => {
+  const { loop, turns, c } = withTurns()
+  learn400(loop, c, 100)
+  c.onWindow(busy, 200)
+  t.equal(readTurn(loop, c, 30, 0.05), 26, 'in-flight meets the limit')
+  for (let i = 0; i < 26; i++) c.release(22, true)
+  emptyTurn(loop, turns)
+  loop.work(10)
+  t.equal(readTurn(loop, c, 10, 0.05), 0, 'a long turn in the same window: refused by the turn rule')
+  c.onWindow(busy, 300)
+  emptyTurn(loop, turns)
+  loop.work(10)
+  t.equal(readTurn(loop, c, 10, 0.05), 0, 'the window after: still on (it met the limit)')
+  c.onWindow(busy, 400)
+  emptyTurn(loop, turns)
+  loop.work(10)
+  t.equal(readTurn(loop, c, 10, 0.05), 0, 'a window whose refusals were its own: still on (a synchronous route never meets the limit)')
+  c.onWindow(busy, 500)
+  c.onWindow(busy, 600)
+  emptyTurn(loop, turns)
+  loop.work(10)
+  t.equal(readTurn(loop, c, 10, 0.05), 10, 'after a window without refusals: off')
+})
+
+t.test('observe mode: the turn rule does not count long turns as refusals', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns({ budgetMs: 5, intervalMs: 100 }, loop.clock)
+  const c = new AdmissionController({ ...base, mode: 'observe' }, 0, { turns, now: () => loop.now })
+  learn400(loop, c, 100)
+  c.onWindow(busy, 200)
+  for (let i = 0; i < 30; i++) c.acquire(DEFAULT_CLASS)
+  t.equal(c.totals.observed.limit, 4, 'in-flight meets the limit of 26')
+  emptyTurn(loop, turns)
+  loop.work(70) // a long turn: the permits enforce would have held have expired (26 / 400/s = 65 ms)
+  for (let i = 0; i < 30; i++) c.release(22, true)
+  t.equal(readTurn(loop, c, 10, 0.05), 10, 'admitted, not counted as would-be refusals')
+  t.equal(c.totals.observed.limit, 4)
 })
 
 t.test('regression: the backlog of a 200 ms stall at 0.7x was refused, and so were the arrivals behind it', async t => {

@@ -188,3 +188,30 @@ t.test('connections waiting to be accepted: a short turn budget until the loop i
   t.equal(turns.acceptBacklog(), false, 'the loop waited: nothing was queued')
   loop.endTurn()
 })
+
+t.test('how long a turn has run: from the previous turn\'s end when the loop did not idle, 0 between turns', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  t.equal(turns.ran(), 0, 'no turn open')
+  loop.wait(3)
+  turns.overBudget()
+  loop.work(2)
+  t.equal(turns.ran(), 2, 'the loop idled before it: from its first request')
+  loop.endTurn()
+  loop.work(7) // timers: continuations before the next turn reads a request
+  t.equal(turns.ran(), 0, 'closed')
+  turns.overBudget()
+  t.equal(turns.ran(), 7, 'no idle moment: the continuations count')
+  loop.endTurn()
+})
+
+t.test('a share of the interval: standing(0.25) after 25 ms of busy loop, standing() after 100', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  const busy: Array<[boolean, boolean]> = []
+  for (let i = 0; i < 5; i++) {
+    turn(loop, turns, 1, 24)
+    busy.push([turns.standing(0.25), turns.standing()])
+  }
+  t.same(busy, [[false, false], [true, false], [true, false], [true, false], [true, true]])
+})
