@@ -151,8 +151,8 @@ export const ACCEPT_SHARE = 0.25
  * standard deviations), so in-flight at it on a busy loop is an overload. At a step from 0.3x to 2x the
  * interval let in-flight climb to 34-46 against a limit of 17-20, and the 503s of the step's first
  * quarter-second waited 62-124 ms at p99 (six runs alone), 32-58 ms in four with this share and the
- * turn rule of #refusesForLoad. The same step to 3x: admitted p99 214-283 ms in its first 0.1 s without it,
- * 65-80 with it (two runs each).
+ * turn rule of #refusesForLoad. The same step to 3x: admitted p99 214-283 ms in its first 0.1 s
+ * without it, 65-80 with it (two runs each).
  */
 export const EARLY_SHARE = 0.25
 
@@ -226,8 +226,6 @@ export class AdmissionController {
   #refused = 0
   /** Refusals by the limit only: the limit learns from its own refusals, not from the ceilings'. */
   #limitRefused = 0
-  /** The last window had refusals for load, under pressure. */
-  #boundBefore = false
   #completed = 0
   #latencySumMs = 0
   // Shedding episode.
@@ -360,9 +358,9 @@ export class AdmissionController {
     // while turns keep running over the budget with requests to refuse: at 3x, a synchronous route
     // (which never meets the limit) answered at 2xx p99 45-48 ms so, 146-293 ms when only refusals at
     // the limit or a late turn's budget kept it on. A window without refusals ends it. Not in observe
-    // mode: its turns carry the overload it lets through, which enforce
-    // would not have. (No stall allowance is left here: the refusal at the limit ended it.)
-    if (!overBudget) return this.mode === 'enforce' && (this.#limitRefused > 0 || this.#boundBefore) && turns.ran() > turns.budget()
+    // mode: its turns carry the overload it lets through, which enforce would not have. (No stall
+    // allowance is left here: the refusal at the limit ended it.)
+    if (!overBudget) return this.mode === 'enforce' && (this.#limitRefused > 0 || this.limiter.binding) && turns.ran() > turns.budget()
     if (this.#stallAllowance < 1) return true
     this.#stallAllowance--
     return false
@@ -407,7 +405,6 @@ export class AdmissionController {
     this.#arrivals = 0
     this.#refused = 0
     this.#limitRefused = 0
-    this.#boundBefore = limitRefused > 0 && this.limiter.pressure
     this.#completed = 0
     this.#latencySumMs = 0
 

@@ -157,6 +157,11 @@ export class AdaptiveLimit {
     }
   }
 
+  /** The last window had refusals under pressure (the limit bound). */
+  get binding (): boolean {
+    return this.#binding > 0
+  }
+
   /** At least as many arrived in the window as a fully busy loop finishes, by the capacity learned so far. */
   #beyondCapacity (arrivals: number, seconds: number): boolean {
     return this.capacity > 0 && arrivals / seconds >= this.capacity
