@@ -173,6 +173,9 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     const outcome = controller.acquire(DEFAULT_CLASS, undefined, ceilings?.veto())
     raw[kSkipLog] = outcome === 'rejected'
     if (outcome === 'rejected') {
+      // Timed here: Fastify keeps no start time without a logger or an onResponse hook (its elapsedTime
+      // reads 0 then).
+      const refusedAt = performance.now()
       reply.log = quietLog
       reply
         .code(statusCode)
@@ -186,7 +189,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
         reply.raw.once('finish', closeSocketOfResponse)
       }
       reply.send(refusalBody)
-      recorder.request('rejected', reply.elapsedTime / 1000)
+      recorder.request('rejected', (performance.now() - refusedAt) / 1000)
       return
     }
     permits.hold(raw, reply.raw, reply, outcome === 'observed')

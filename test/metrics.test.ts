@@ -52,6 +52,25 @@ t.test('metrics text from a fresh registry: every series, exact values', async t
   t.ok(again.includes('fastify_admission_request_duration_seconds_count{outcome="admitted"} 2'), 'admitted ones timed once done')
 })
 
+t.test('refusals timed without a logger: the rejected durations do not all read 0', async t => {
+  // Fastify keeps no start time without a logger or an onResponse hook: its reply.elapsedTime read 0 for
+  // every refusal, so the rejected histogram's sum stayed 0 in an app built with Fastify's defaults.
+  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1 })
+  const g = gate()
+  app.get('/slow', async () => { await g.wait; return 'ok' })
+  await app.ready()
+  saturate(controller)
+  const holding = app.inject('/slow')
+  await turns(10)
+  for (let i = 0; i < 5; i++) t.equal((await app.inject('/slow')).statusCode, 503)
+  const text = (await app.inject('/metrics')).body
+  const sum = /^fastify_admission_request_duration_seconds_sum\{outcome="rejected"\} (\S+)$/m.exec(text)
+  t.ok(sum !== null && Number(sum[1]) > 0, `rejected sum ${sum?.[1]} > 0`)
+  t.ok(text.split('\n').includes('fastify_admission_request_duration_seconds_count{outcome="rejected"} 5'))
+  g.open()
+  await holding
+})
+
 t.test('a zero series for refusals before the first one', async t => {
   const { app } = await build(t)
   await app.ready()
