@@ -297,7 +297,11 @@ ${table(['contender', 'route', 'offered', 'good (2xx ≤ 1 s)', '503', 'timeouts
     parts.push(`<h2>6. Hello-world overhead</h2>
 <p>Closed loop on <code>GET /hello</code> with ${esc(h.tool)}, ${h.roundSeconds} s rounds, servers alternating (order reversed every round). Ratio admission / bare = <b>${h.ratio.toFixed(3)}</b> (median of the per-round ratios ${h.roundRatios.map(x => x.toFixed(3)).join(', ')}; ratio of the means ${h.meanRatio.toFixed(3)}; target ≥ 0.98). Only 2xx responses count.
 ${h.warmupOther !== undefined ? `Before the rounds every contender ran the same closed loop for ${h.warmupSeconds ?? '–'} s (a cold process runs its first thousands of requests before the JIT compiled them); answers other than 2xx in that warm-up: ${Object.entries(h.warmupOther).map(([c, v]) => `${esc(c)} ${v}`).join(', ')}; in the rounds: ${Object.entries(h.roundsOther ?? {}).map(([c, v]) => `${esc(c)} ${v}`).join(', ')}. ` : ''}Server main-thread CPU per 2xx response (median of rounds): ${Object.entries(h.cpuPerRequestUs).map(([c, v]) => `${esc(c)} ${v.toFixed(1)} µs`).join(', ')}.${h.note !== undefined ? ` <i>${esc(h.note)}</i>` : ''}</p>
-${table(['round', ...cs, 'ratio'], [...h.rounds.map((row, i) => [String(i + 1), ...cs.map(c => `${row[c] ?? '–'}/s`), (h.roundRatios[i] ?? 0).toFixed(3)]), ['<b>mean</b>', ...cs.map(c => `<b>${h.mean[c]}/s</b>`), h.meanRatio.toFixed(3)]], 'num')}`)
+${table(['round', ...cs, 'ratio'], [...h.rounds.map((row, i) => [String(i + 1), ...cs.map(c => `${row[c] ?? '–'}/s`), (h.roundRatios[i] ?? 0).toFixed(3)]), ['<b>mean</b>', ...cs.map(c => `<b>${h.mean[c]}/s</b>`), h.meanRatio.toFixed(3)]], 'num')}${h.many !== undefined
+      ? `
+<p>The same closed loop with ${h.many.connections} connections (no target: turns then read more requests than the turn budget holds, and wrk sends again at once after a 503). 2xx per second by round; median ratio admission / bare <b>${h.many.ratio.toFixed(3)}</b>; answers other than 2xx: ${Object.entries(h.many.other).map(([c, v]) => `${esc(c)} ${v}`).join(', ')}.</p>
+${table(['round', ...cs], h.many.rounds.map((row, i) => [String(i + 1), ...cs.map(c => `${row[c] ?? '–'}/s`)]), 'num')}`
+      : ''}`)
   }
   return parts.join('\n')
 }

@@ -102,7 +102,7 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
       id: 'hello-ratio',
       label: 'hello-world req/s vs bare',
       target: '≥ 0.98',
-      byContender: { admission: { value: `${r.hello.ratio.toFixed(3)} (median of ${r.hello.roundRatios.length} paired rounds; means ${r.hello.mean.admission} vs ${r.hello.mean.bare ?? 0}/s; CPU/req ${r.hello.cpuPerRequestUs.admission ?? '–'} vs ${r.hello.cpuPerRequestUs.bare ?? '–'} µs; not 2xx in the rounds ${r.hello.roundsOther?.admission ?? '–'} vs ${r.hello.roundsOther?.bare ?? '–'}, in the ${r.hello.warmupSeconds ?? '–'} s warm-up ${r.hello.warmupOther?.admission ?? '–'} vs ${r.hello.warmupOther?.bare ?? '–'})`, pass: r.hello.ratio >= 0.98 } }
+      byContender: { admission: { value: `${r.hello.ratio.toFixed(3)} (median of ${r.hello.roundRatios.length} paired rounds; means ${r.hello.mean.admission} vs ${r.hello.mean.bare ?? 0}/s; CPU/req ${r.hello.cpuPerRequestUs.admission ?? '–'} vs ${r.hello.cpuPerRequestUs.bare ?? '–'} µs; not 2xx in the rounds ${r.hello.roundsOther?.admission ?? '–'} vs ${r.hello.roundsOther?.bare ?? '–'}, in the ${r.hello.warmupSeconds ?? '–'} s warm-up ${r.hello.warmupOther?.admission ?? '–'} vs ${r.hello.warmupOther?.bare ?? '–'}${r.hello.many !== undefined ? `; with ${r.hello.many.connections} connections ${r.hello.many.ratio.toFixed(3)}, not 2xx ${r.hello.many.other.admission ?? '–'} vs ${r.hello.many.other.bare ?? '–'}` : ''})`, pass: r.hello.ratio >= 0.98 } }
     })
   }
   return out
