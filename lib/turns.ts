@@ -54,8 +54,8 @@ export const ACCEPT_BUDGET_MS = 0.5
  * admitted request takes in the turn. Where answering costs about what refusing does (a hello-world
  * route: 40-60 µs either way here), a refusal shortens no turn: a client that sends again at once
  * comes back in the next one, and every refusal is a response lost. With wrk -c200 on a hello-world
- * route the turn budget refused 55-70 % of requests and cut the 2xx rate to 4-5k/s against bare
- * Fastify's 21-23k/s.
+ * route the turn budget refused 35-73 % of requests and cut the 2xx rate to 3.8-7.5k/s against bare
+ * Fastify's 21-24k/s.
  */
 export const REFUSAL_SHARE = 0.5
 /** Smoothing of the in-turn costs, per sample; a refusal's sample counts at most this many times its estimate. */
