@@ -3,18 +3,12 @@ import { spawnSync } from 'node:child_process'
 import Fastify from 'fastify'
 import { Registry, register as globalRegistry } from 'prom-client'
 import admission from '../lib/index.js'
-import { build, gate, saturate, turns } from './helpers/app.js'
+import { build, holdingTheLimit, turns } from './helpers/app.js'
 
 const promtool = spawnSync('promtool', ['--version']).status === 0
 
 t.test('metrics text from a fresh registry: every series, exact values', async t => {
-  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1 })
-  const g = gate()
-  app.get('/slow', async () => { await g.wait; return 'ok' })
-  await app.ready()
-  saturate(controller)
-  const holding = app.inject('/slow')
-  await turns(10)
+  const { app, controller, gate: g, holding } = await holdingTheLimit(t)
   await app.inject('/slow')
   await app.inject('/slow')
   controller.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 12 }, 1e9 + 100)
@@ -55,13 +49,7 @@ t.test('metrics text from a fresh registry: every series, exact values', async t
 t.test('refusals timed without a logger: the rejected durations do not all read 0', async t => {
   // Fastify keeps no start time without a logger or an onResponse hook: its reply.elapsedTime read 0 for
   // every refusal, so the rejected histogram's sum stayed 0 in an app built with Fastify's defaults.
-  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1 })
-  const g = gate()
-  app.get('/slow', async () => { await g.wait; return 'ok' })
-  await app.ready()
-  saturate(controller)
-  const holding = app.inject('/slow')
-  await turns(10)
+  const { app, gate: g, holding } = await holdingTheLimit(t)
   for (let i = 0; i < 5; i++) t.equal((await app.inject('/slow')).statusCode, 503)
   const text = (await app.inject('/metrics')).body
   const sum = /^fastify_admission_request_duration_seconds_sum\{outcome="rejected"\} (\S+)$/m.exec(text)

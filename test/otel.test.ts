@@ -8,7 +8,7 @@ import {
 import admission, { kAdmissionController } from '../lib/index.js'
 import { SECONDS_BUCKETS } from '../lib/histogram.js'
 import { OTEL_INSTRUMENTS, registerOpenTelemetry } from '../lib/otel.js'
-import { build, gate, saturate, snapshot, turns } from './helpers/app.js'
+import { build, holdingTheLimit, snapshot, turns } from './helpers/app.js'
 
 /** Collects only when the test calls collect(). */
 class TestReader extends MetricReader {
@@ -67,13 +67,7 @@ const GAUGES = {
 
 t.test('instruments on the meter: exact counts by outcome and reason, durations, gauges equal to the snapshot, Prometheus still on', async t => {
   const otel = sdk(t)
-  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1, meter: otel.meter })
-  const g = gate()
-  app.get('/slow', async () => { await g.wait; return 'ok' })
-  await app.ready()
-  saturate(controller)
-  const holding = app.inject('/slow')
-  await turns(10)
+  const { app, controller, gate: g, holding } = await holdingTheLimit(t, { meter: otel.meter })
   t.equal((await app.inject('/slow')).statusCode, 503)
   t.equal((await app.inject('/slow')).statusCode, 503)
   controller.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 12 }, 1e9 + 100)

@@ -27,6 +27,21 @@ export async function build (t: { teardown: (fn: () => unknown) => void }, opts:
   return { app, controller: app[kAdmissionController], registry }
 }
 
+/**
+ * An app whose limit of 1 is enforced and held: GET /slow waits for the gate, and one such request is
+ * in flight (`holding`), so the next ones are refused until the gate opens.
+ */
+export async function holdingTheLimit (t: { teardown: (fn: () => unknown) => void }, opts: AdmissionOptions = {}): Promise<{ app: FastifyInstance, controller: AdmissionController, gate: Gate, holding: Promise<unknown> }> {
+  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1, ...opts })
+  const g = gate()
+  app.get('/slow', async () => { await g.wait; return 'ok' })
+  await app.ready()
+  saturate(controller)
+  const holding = app.inject('/slow')
+  await turns(10)
+  return { app, controller, gate: g, holding }
+}
+
 /** Close a window in which the loop was saturated: the limit is enforced from now on. */
 export function saturate (controller: AdmissionController, now = 1e9): void {
   controller.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 5 }, now)
