@@ -58,9 +58,8 @@ export const ACCEPT_BUDGET_MS = 0.5
  * Fastify's 21-24k/s.
  */
 export const REFUSAL_SHARE = 0.5
-/** Smoothing of the in-turn costs, per sample. */
+/** Smoothing of the in-turn costs, per sample; a refusal's sample counts at most this many times its estimate. */
 export const COST_SMOOTHING = 0.05
-/** A refusal's sample counts at most this many times the refusal's estimate. */
 export const COST_CLIP = 4
 
 export class LoopTurns {
