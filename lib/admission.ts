@@ -264,10 +264,7 @@ export class AdmissionController {
     this.#arrivals++
     if (veto === undefined) veto = this.draining ? 'drain' : this.#ceiling ?? this.#inflightCeiling()
     if (veto === undefined) {
-      const refuses = this.#refusesForLoad()
-      // What the turn's next decision will count as this request's cost: observe mode lets it in.
-      this.#turns?.decided(refuses && this.mode === 'enforce')
-      if (!refuses) {
+      if (!this.#refusesForLoad()) {
         this.inflight++
         this.totals.admitted++
         this.#timedVirtual()?.add(Math.max(this.limiter.baselineMs, 1000 * this.limiter.limit / this.limiter.capacity))
@@ -363,8 +360,7 @@ export class AdmissionController {
     // the limit or a late turn's budget kept it on. A window without refusals ends it. Not in observe
     // mode: its turns carry the overload it lets through, which enforce would not have. (No stall
     // allowance is left here: the refusal at the limit ended it.)
-    if (!overBudget) return this.mode === 'enforce' && (this.#limitRefused > 0 || this.limiter.binding) && turns.ran() > turns.budget() && turns.refusalsPay()
-    if (!turns.refusalsPay()) return false
+    if (!overBudget) return this.mode === 'enforce' && (this.#limitRefused > 0 || this.limiter.binding) && turns.ran() > turns.budget()
     if (this.#stallAllowance < 1) return true
     this.#stallAllowance--
     return false

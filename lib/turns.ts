@@ -49,18 +49,6 @@ export const TYPICAL_SMOOTHING = 0.05
 export const ACCEPT_RUN = 16
 /** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */
 export const ACCEPT_BUDGET_MS = 0.5
-/**
- * A turn over its budget refuses only while a refusal takes less than this share of the time an
- * admitted request takes in the turn. Where answering costs about what refusing does (a hello-world
- * route: 40-60 µs either way here), a refusal shortens no turn: a client that sends again at once
- * comes back in the next one, and every refusal is a response lost. With wrk -c200 on a hello-world
- * route the turn budget refused 35-73 % of requests and cut the 2xx rate to 3.8-7.5k/s against bare
- * Fastify's 21-24k/s.
- */
-export const REFUSAL_SHARE = 0.5
-/** Smoothing of the in-turn costs, per sample; a refusal's sample counts at most this many times its estimate. */
-export const COST_SMOOTHING = 0.05
-export const COST_CLIP = 4
 
 export class LoopTurns {
   readonly #settings: TurnSettings
@@ -86,16 +74,6 @@ export class LoopTurns {
   stallMs = 0
   /** When the current turn read its first request, or -1. */
   #firstRead = -1
-  /**
-   * What reading, deciding and running one request took in a turn, by outcome (ms, smoothed): from one
-   * decision to the next in the same turn. 0 until seen. The synchronous part of an admitted request
-   * only (its continuations run later), and each sample carries the next request's parsing.
-   */
-  admittedMs = 0
-  refusedMs = 0
-  /** The clock at the current turn's last decision, or -1; and whether that decision refused. */
-  #decidedAt = -1
-  #refused = false
   /** A connection was accepted in the current turn. */
   #accepted = false
   /** Busy turns in a row that each accepted a connection, and when the first of them began. */
@@ -120,8 +98,6 @@ export class LoopTurns {
     const now = this.#clock.now()
     if (!this.#open) this.#openTurn(now)
     if (this.#firstRead < 0) this.#firstRead = now
-    if (this.#decidedAt >= 0) this.#cost(now - this.#decidedAt)
-    this.#decidedAt = now
     const elapsed = now - this.#firstRead
     return (this.late() && elapsed > this.budget() * this.#ramp()) || (elapsed > ACCEPT_BUDGET_MS && this.acceptBacklog())
   }
@@ -142,31 +118,6 @@ export class LoopTurns {
    */
   ran (): number {
     return this.#open ? this.#clock.now() - this.#start : 0
-  }
-
-  /** Called after each decision that followed overBudget(): whether the request was refused. */
-  decided (refused: boolean): void {
-    this.#refused = refused
-  }
-
-  /**
-   * Whether refusing saves the turn time (see REFUSAL_SHARE); true until both costs are known. The
-   * decision refuses for the turn budget only then.
-   */
-  refusalsPay (): boolean {
-    return this.refusedMs === 0 || this.admittedMs === 0 || this.refusedMs < REFUSAL_SHARE * this.admittedMs
-  }
-
-  #cost (ms: number): void {
-    if (!this.#refused) {
-      this.admittedMs = this.admittedMs === 0 ? ms : this.admittedMs + COST_SMOOTHING * (ms - this.admittedMs)
-    } else if (this.refusedMs === 0) {
-      this.refusedMs = ms
-    } else {
-      // Other callbacks a turn runs between two reads (an I/O continuation) make a sample long: clipped,
-      // they cannot take refusals for dear where they are cheap.
-      this.refusedMs += COST_SMOOTHING * (Math.min(ms, COST_CLIP * this.refusedMs) - this.refusedMs)
-    }
   }
 
   /** Called for each accepted connection. */
@@ -233,7 +184,6 @@ export class LoopTurns {
     const length = now - this.#start
     this.#open = false
     this.#firstRead = -1
-    this.#decidedAt = -1
     if (!this.#accepted) this.#acceptRun = 0
     else if (this.#acceptRun++ === 0) this.#acceptSince = this.#start
     this.#accepted = false

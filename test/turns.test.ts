@@ -1,5 +1,5 @@
 import t from 'tap'
-import { ACCEPT_BUDGET_MS, ACCEPT_RUN, COST_CLIP, COST_SMOOTHING, LoopTurns, REFUSAL_SHARE } from '../lib/turns.js'
+import { ACCEPT_BUDGET_MS, ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
 
 const settings = { budgetMs: 5, intervalMs: 100 }
@@ -214,58 +214,4 @@ t.test('a share of the interval: standing(0.25) after 25 ms of busy loop, standi
     busy.push([turns.standing(0.25), turns.standing()])
   }
   t.same(busy, [[false, false], [true, false], [true, false], [true, false], [true, true]])
-})
-
-function near (a: number, b: number): boolean {
-  return Math.abs(a - b) < 1e-9
-}
-
-/** One turn of decisions: each `true` in `refused` is a refusal taking `refusedMs`, the others `admittedMs`. */
-function decide (loop: FakeLoop, turns: LoopTurns, refused: boolean[], admittedMs: number, refusedMs: number): void {
-  for (const r of refused) {
-    turns.overBudget()
-    turns.decided(r)
-    loop.work(r ? refusedMs : admittedMs)
-  }
-  loop.endTurn()
-}
-
-t.test('in-turn costs: measured from one decision to the next in the same turn, by outcome', async t => {
-  const loop = fakeLoop()
-  const turns = new LoopTurns(settings, loop.clock)
-  t.equal(turns.refusalsPay(), true, 'unknown costs: refusals are assumed to pay')
-  decide(loop, turns, [false], 2, 0.1)
-  t.equal(turns.admittedMs, 0, 'a turn of one decision has no gap to measure')
-  loop.wait(3)
-  decide(loop, turns, [false, false, true], 2, 0.1)
-  t.equal(turns.admittedMs, 2, 'first admitted sample: the gap after an admission')
-  t.equal(turns.refusedMs, 0, 'the last decision of a turn has no next one: the turn\'s end is no sample')
-  t.equal(turns.refusalsPay(), true, 'only one of the costs known')
-  loop.wait(3)
-  decide(loop, turns, [true, false], 2, 0.1)
-  t.ok(near(turns.refusedMs, 0.1), `first refused sample: ${turns.refusedMs}`)
-  t.equal(turns.refusalsPay(), true, `0.1 ms against 2 ms: below ${REFUSAL_SHARE} of an admission`)
-  loop.wait(3)
-  decide(loop, turns, [true, false], 2, 10)
-  t.ok(near(turns.refusedMs, 0.1 + COST_SMOOTHING * (COST_CLIP * 0.1 - 0.1)), `a long gap after a refusal (a continuation in between) counts as ${COST_CLIP} times the estimate`)
-  loop.wait(3)
-  decide(loop, turns, [false, false], 4, 0)
-  t.ok(near(turns.admittedMs, 2 + COST_SMOOTHING * (4 - 2)), `smoothed: ${turns.admittedMs}`)
-})
-
-t.test('refusals that cost what admissions cost do not pay; they pay again once admissions get dearer', async t => {
-  const loop = fakeLoop()
-  const turns = new LoopTurns(settings, loop.clock)
-  // A hello-world route: answering and refusing both take ~0.05 ms of the turn.
-  for (let i = 0; i < 5; i++) decide(loop, turns, [false, true, false, true, false], 0.05, 0.05)
-  t.ok(near(turns.admittedMs, 0.05) && near(turns.refusedMs, 0.05), `${turns.admittedMs} and ${turns.refusedMs} ms`)
-  t.equal(turns.refusalsPay(), false)
-  // Requests with 1 ms of synchronous work arrive: the admitted cost climbs past twice the refusal's.
-  let turnsTaken = 0
-  while (!turns.refusalsPay()) {
-    decide(loop, turns, [false, false, false, false, false], 1, 0.05)
-    turnsTaken++
-  }
-  t.ok(turns.admittedMs >= turns.refusedMs / REFUSAL_SHARE, `after ${turnsTaken} turns: admitted ${turns.admittedMs.toFixed(3)} ms`)
-  t.ok(turnsTaken <= 2, 'within two turns of four samples each')
 })
