@@ -81,7 +81,11 @@ export const hardScenarios: HardScenario[] = [
   { name: 'random-0.8x', label: '0.8x Poisson /work', base: 'work', mult: 0.8, seconds: 10, start: 'idle', routes: work },
   { name: 'slow-0.7x', label: 'slow downstream (30 ms CPU + 400 ms I/O) at 0.7x', base: 'slow', mult: 0.7, seconds: 10, start: 'idle', routes: [{ path: SLOW_PATH }] },
   { name: 'mixed-3x', label: 'mixed app (50 % /hello, 40 % /work, 10 % sync 10 ms) at 3x', base: 'mix', mult: 3, seconds: 8, start: 'idle', routes: mixRoutes },
-  { name: 'logger-4x', label: 'idle -> 4x burst of /work, Fastify logger on', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: work, env: { BENCH_LOGGER: '1' }, floor: true }
+  { name: 'logger-4x', label: 'idle -> 4x burst of /work, Fastify logger on', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: work, env: { BENCH_LOGGER: '1' }, floor: true },
+  // The same CPU per request as /work (2 ms), all of it after the await (a query, then serialisation):
+  // no target; it keeps a rule that costs what a request does in the turn that reads it honest (such a
+  // rule, tried on 2026-11-24, saw only the work before the first await). /work's capacity applies.
+  { name: 'await-first-4x', label: 'idle -> 4x burst of a route that awaits first (20 ms I/O, then 2 ms CPU)', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: [{ path: '/work?cpu=0&io=20&cpu2=2' }] }
 ]
 
 export interface Capacities {
