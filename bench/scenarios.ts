@@ -637,37 +637,30 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
     const warmupOther: Record<string, number> = {}
     for (const srv of servers) warmupOther[srv.contender] = (await once(srv, warmupSeconds)).other
     cfg.log(`  hello warm-up (${warmupSeconds} s each), answers other than 2xx: ${Object.entries(warmupOther).map(([c, v]) => `${c} ${v}`).join(', ')}`)
-    const res: Array<Record<string, number>> = []
-    const cpu: Record<string, number[]> = {}
-    const roundsOther: Record<string, number> = {}
-    for (let k = 0; k < rounds; k++) {
-      const row: Record<string, number> = {}
-      // alternate the order every round
-      const order = k % 2 === 0 ? servers : [...servers].reverse()
-      for (const srv of order) {
-        const r = await once(srv, roundSeconds)
-        row[srv.contender] = Math.round(r.perSec)
-        roundsOther[srv.contender] = (roundsOther[srv.contender] ?? 0) + r.other
-        if (r.cpuNs !== null) (cpu[srv.contender] ??= []).push(r.cpuNs)
+    // Paired rounds, the order reversed every round: 2xx per second by round and contender, answers
+    // other than 2xx, and the main-thread CPU per 2xx of every round.
+    const pairedRounds = async (count: number, conns: number, label: string): Promise<{ rows: Array<Record<string, number>>, other: Record<string, number>, cpu: Record<string, number[]> }> => {
+      const rows: Array<Record<string, number>> = []
+      const other: Record<string, number> = {}
+      const cpu: Record<string, number[]> = {}
+      for (let k = 0; k < count; k++) {
+        const row: Record<string, number> = {}
+        for (const srv of k % 2 === 0 ? servers : [...servers].reverse()) {
+          const r = await once(srv, roundSeconds, conns)
+          row[srv.contender] = Math.round(r.perSec)
+          other[srv.contender] = (other[srv.contender] ?? 0) + r.other
+          if (r.cpuNs !== null) (cpu[srv.contender] ??= []).push(r.cpuNs)
+        }
+        rows.push(row)
+        cfg.log(`  ${label}${k + 1}: ${Object.entries(row).map(([c, v]) => `${c} ${v}/s`).join(', ')}`)
       }
-      res.push(row)
-      cfg.log(`  hello round ${k + 1}: ${Object.entries(row).map(([c, v]) => `${c} ${v}/s`).join(', ')}`)
+      return { rows, other, cpu }
     }
+    const { rows: res, other: roundsOther, cpu } = await pairedRounds(rounds, connections, 'hello round ')
     // Many connections: each turn reads one request per ready connection, 200 hello-world requests make
     // turns of ~9 ms, over the turn budget, and a client that sends again at once after a refusal is
     // back in the next turn.
-    const many: Array<Record<string, number>> = []
-    const manyOther: Record<string, number> = {}
-    for (let k = 0; k < manyRounds; k++) {
-      const row: Record<string, number> = {}
-      for (const srv of k % 2 === 0 ? servers : [...servers].reverse()) {
-        const r = await once(srv, roundSeconds, MANY_CONNECTIONS)
-        row[srv.contender] = Math.round(r.perSec)
-        manyOther[srv.contender] = (manyOther[srv.contender] ?? 0) + r.other
-      }
-      many.push(row)
-      cfg.log(`  hello, ${MANY_CONNECTIONS} connections, round ${k + 1}: ${Object.entries(row).map(([c, v]) => `${c} ${v}/s`).join(', ')}`)
-    }
+    const { rows: many, other: manyOther } = await pairedRounds(manyRounds, MANY_CONNECTIONS, `hello, ${MANY_CONNECTIONS} connections, round `)
     const cpuPerRequestUs: Record<string, number> = {}
     for (const [c, v] of Object.entries(cpu)) {
       const sorted = [...v].sort((a, b) => a - b)
