@@ -124,6 +124,36 @@ export type SheddingEvent =
   | { type: 'stop', rejected: number, durationMs: number }
   | undefined
 
+/**
+ * What one sampling window saw and what the controller decided at its end: the figures behind every
+ * refusal, ten times a second, for a trace (the plugin publishes it on a diagnostics channel).
+ */
+export interface WindowReport {
+  /** When the window closed, on the controller's clock, ms. */
+  readonly at: number
+  readonly durationMs: number
+  /** Requests that reached the decision in the window, admitted or refused. */
+  readonly arrivals: number
+  /** Of them, refused for any reason (in observe mode: would have been). */
+  readonly refused: number
+  /** Requests that finished normally in the window. */
+  readonly completed: number
+  /** Requests in flight at the window's end. */
+  readonly inflight: number
+  /** Event-loop utilisation of the window, 0..1, and its loop delay (p99), ms. */
+  readonly elu: number
+  readonly delayP99Ms: number
+  /** The estimates and the limit after learning from the window (capacity 0: not known yet). */
+  readonly capacity: number
+  readonly baselineMs: number
+  readonly limit: number
+  /** Whether the limit is enforced until the next window. */
+  readonly enforcing: boolean
+  /** Every loop turn has run its budget for the congestion interval (the turn budget refuses). */
+  readonly lateTurns: boolean
+  readonly shedding: boolean
+}
+
 export interface ControllerHooks {
   /** Source of randomness for Retry-After jitter. */
   random?: () => number
@@ -137,6 +167,11 @@ export interface ControllerHooks {
   turns?: LoopTurns
   /** Clock in milliseconds; observe mode needs it to age the permits enforce would have held. */
   now?: () => number
+  /**
+   * Told at the end of every window what it saw and decided, while it has subscribers (a
+   * `node:diagnostics_channel` Channel fits).
+   */
+  windows?: { readonly hasSubscribers: boolean, publish: (report: WindowReport) => void }
 }
 
 /**
@@ -203,6 +238,7 @@ export class AdmissionController {
   readonly #settings: ControllerSettings
   readonly #graceUntil: number
   readonly #onShedding: ControllerHooks['onShedding']
+  readonly #windows: ControllerHooks['windows']
   readonly #turns: LoopTurns | undefined
   /**
    * Observe mode: when each permit enforce would have held ends. A ring, oldest first; its length is
@@ -244,6 +280,7 @@ export class AdmissionController {
     this.#graceUntil = nowMs + settings.graceMs
     this.#graceOver = settings.graceMs <= 0
     this.#onShedding = hooks.onShedding
+    this.#windows = hooks.windows
     this.#turns = hooks.turns
     this.#virtual = settings.mode === 'observe' && hooks.now !== undefined
       ? new ExpiringPermits(settings.maxLimit + 1, hooks.now)
@@ -385,6 +422,7 @@ export class AdmissionController {
     const refused = this.#refused
     const limitRefused = this.#limitRefused
     const arrivals = this.#arrivals
+    const completed = this.#completed
     this.elu = clamp(finiteOr(loop.elu, 0), 0, 1)
     this.delayP99Ms = Math.max(0, finiteOr(loop.delayP99Ms, 0))
     const { maxDelayMs, maxUtilization } = this.#settings
@@ -436,7 +474,27 @@ export class AdmissionController {
     }
     this.retryAfter.update(this.shedding, nowMs)
     if (event !== undefined) this.#onShedding?.(event, nowMs)
+    if (this.#windows?.hasSubscribers === true) this.#report(this.#windows, nowMs, durationMs, arrivals, refused, completed)
     return event
+  }
+
+  #report (windows: NonNullable<ControllerHooks['windows']>, nowMs: number, durationMs: number, arrivals: number, refused: number, completed: number): void {
+    windows.publish({
+      at: nowMs,
+      durationMs,
+      arrivals,
+      refused,
+      completed,
+      inflight: this.inflight,
+      elu: this.elu,
+      delayP99Ms: this.delayP99Ms,
+      capacity: this.limiter.capacity,
+      baselineMs: this.limiter.baselineMs,
+      limit: this.limit,
+      enforcing: this.#enforcing,
+      lateTurns: this.#turns?.late() ?? false,
+      shedding: this.shedding
+    })
   }
 
   snapshot (): AdmissionSnapshot {

@@ -2,6 +2,7 @@
 // route of the app (declared before or after the plugin), the permits, the sampler timer, the ceilings
 // of @fastify/under-pressure, the metrics path, and the drain on close.
 
+import { channel } from 'node:diagnostics_channel'
 import type { EventEmitter } from 'node:events'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import type { Http2Session } from 'node:http2'
@@ -29,7 +30,7 @@ import { LoopTurns } from './turns.js'
 
 export type { AdmissionOptions, AdmissionRouteConfig, UnderPressureCeilings } from './options.js'
 export { InvalidOptionError, InvalidRouteConfigError, MeterConflictError, MetricsConflictError, resolveOptions } from './options.js'
-export type { AdmissionSnapshot, Mode, RejectReason } from './admission.js'
+export type { AdmissionSnapshot, Mode, RejectReason, WindowReport } from './admission.js'
 export { AdmissionController } from './admission.js'
 
 declare module 'fastify' {
@@ -51,6 +52,14 @@ declare module 'fastify' {
  * sampling windows themselves (with a long `sampleInterval`).
  */
 export const kAdmissionController = Symbol.for('fastify-admission.controller')
+
+/**
+ * Diagnostics channel (`node:diagnostics_channel`) on which every app with the plugin publishes a
+ * WindowReport at the end of each sampling window: what the window saw and what the controller decided.
+ * Nothing is built or sent while no one subscribes.
+ */
+export const WINDOW_CHANNEL = 'fastify-admission:window'
+const windowChannel = channel(WINDOW_CHANNEL)
 
 /** Code of the refusal body. */
 export const OVERLOADED_CODE = 'FST_ERR_ADMISSION_OVERLOADED'
@@ -107,7 +116,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
     graceMs: opts.startupGrace,
     retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
     quietMs: QUIET_MS
-  }, performance.now(), { onShedding: logShedding, turns, now: performance.now.bind(performance) })
+  }, performance.now(), { onShedding: logShedding, turns, now: performance.now.bind(performance), windows: windowChannel })
   const histograms = new Histograms()
   // Also OpenTelemetry's histograms once its instruments are registered (below).
   let recorder: Recorder = histograms

@@ -1,7 +1,7 @@
 import t from 'tap'
 import {
   AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
-  type ControllerSettings
+  type ControllerSettings, type WindowReport
 } from '../lib/admission.js'
 import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
@@ -118,6 +118,36 @@ t.test('shedding episodes: start on the first refusal, stop after a quiet second
   t.same(stop, { type: 'stop', rejected: 3, durationMs: 100 })
   t.equal(c.snapshot().shedding, false)
   t.equal(c.onWindow(busy, 1400), undefined)
+})
+
+t.test('window reports: what each window saw and decided, built only while someone subscribes', async t => {
+  const reports: WindowReport[] = []
+  const windows = { hasSubscribers: false, publish: (r: WindowReport) => { reports.push(r) } }
+  const c = new AdmissionController(base, 0, { windows })
+  c.onWindow(busy, 100)
+  t.equal(reports.length, 0, 'no subscriber: nothing published')
+  windows.hasSubscribers = true
+  for (let i = 0; i < 4; i++) c.acquire(DEFAULT_CLASS)
+  c.release(10, true)
+  c.onWindow(busy, 200)
+  t.same(reports, [{
+    at: 200,
+    durationMs: 100,
+    arrivals: 4,
+    refused: 2,
+    completed: 1,
+    inflight: 1,
+    elu: 1,
+    delayP99Ms: 4,
+    capacity: 0,
+    baselineMs: 0,
+    limit: 2,
+    enforcing: true,
+    lateTurns: false,
+    shedding: true
+  }], 'two admitted at the limit of 2, two refused, one finished; nothing learned from one completion')
+  c.onWindow(idle, 300)
+  t.match(reports[1], { at: 300, arrivals: 0, refused: 0, completed: 0, inflight: 1, elu: 0.1, enforcing: false, shedding: true })
 })
 
 t.test('Retry-After follows the shedding state', async t => {

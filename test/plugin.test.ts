@@ -1,8 +1,10 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import { Registry } from 'prom-client'
-import admission, { admission as named, kAdmissionController, OVERLOADED_CODE } from '../lib/index.js'
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
+import admission, { admission as named, kAdmissionController, OVERLOADED_CODE, WINDOW_CHANNEL, type WindowReport } from '../lib/index.js'
 import { build, gate, saturate, snapshot, turns } from './helpers/app.js'
+import { portOf } from './helpers/sockets.js'
 import { DEFAULT_CLASS } from '../lib/admission.js'
 
 t.test('exports: default and named are the same fastify-plugin wrapped plugin', async t => {
@@ -24,7 +26,9 @@ t.test('admitted path: the handler runs and the permit comes back', async t => {
 })
 
 t.test('over the limit under pressure: 503 at once, Retry-After, JSON body, handler not run', async t => {
-  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1 })
+  // The limit's test: with the default 5 ms turn budget, a slow turn of a cold test process after the
+  // refusal (which keeps the turn rule on) refused the last request about once in 15 runs.
+  const { app, controller } = await build(t, { minLimit: 1, maxLimit: 1, initialLimit: 1, turnBudget: 1000 })
   const g = gate()
   let calls = 0
   app.get('/slow', async () => { calls++; await g.wait; return { ok: true } })
@@ -202,6 +206,42 @@ t.test('the sampler runs on its timer and keeps every reading finite', async t =
     t.ok(Number.isFinite(snap[key]), `${key} is finite`)
   }
   t.ok(snap.eventLoopUtilization > 0 && snap.eventLoopUtilization <= 1)
+})
+
+t.test('every window is published on the diagnostics channel while someone subscribes', async t => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(admission, { registry: new Registry(), sampleInterval: 10 })
+  app.get('/', async () => 'ok')
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const reports: WindowReport[] = []
+  let arrived = 0
+  let completed = 0
+  let enough: () => void = () => {}
+  const done = new Promise<void>(resolve => { enough = resolve })
+  const listener = (message: unknown): void => {
+    const report = message as WindowReport
+    reports.push(report)
+    arrived += report.arrivals
+    completed += report.completed
+    // A request can finish in the window after the one that read it.
+    if (arrived >= 3 && completed >= 3) enough()
+  }
+  subscribe(WINDOW_CHANNEL, listener)
+  for (let i = 0; i < 3; i++) t.equal((await fetch(`http://127.0.0.1:${portOf(app)}/`)).status, 200)
+  // The sampler's timer is unref()ed: this one keeps the process up until the windows are in (and
+  // fails the test if they never come).
+  let timeout: NodeJS.Timeout | undefined
+  await Promise.race([done, new Promise((_resolve, reject) => { timeout = setTimeout(reject, 10_000, new Error('no window report')) })])
+  clearTimeout(timeout)
+  unsubscribe(WINDOW_CHANNEL, listener)
+  t.equal(arrived, 3, 'the three requests, each in one window')
+  t.equal(completed, 3, 'and their completions')
+  t.equal(reports.reduce((sum, r) => sum + r.refused, 0), 0)
+  const last = reports.at(-1)
+  t.equal(last?.inflight, 0)
+  t.equal(last?.limit, snapshot(app).limit)
+  t.ok(reports.every((r, i) => i === 0 || r.at > (reports[i - 1]?.at ?? Infinity)), 'in window order')
 })
 
 t.test('close clears the timer and unregisters the metrics, so the plugin can register again', async t => {

@@ -4,8 +4,10 @@ import { Registry } from 'prom-client'
 import { metrics } from '@opentelemetry/api'
 import admission, {
   admission as named, kAdmissionController, type AdmissionController, type AdmissionOptions,
-  type AdmissionRouteConfig, type AdmissionSnapshot, type Mode, skipRequestLogWhileShedding
+  type AdmissionRouteConfig, type AdmissionSnapshot, type Mode, skipRequestLogWhileShedding, WINDOW_CHANNEL,
+  type WindowReport
 } from 'fastify-admission'
+import { subscribe } from 'node:diagnostics_channel'
 
 const app = Fastify()
 
@@ -76,4 +78,14 @@ test('per-route config.admission', () => {
   expect(app.get('/x', { config: { admission: {} } }, async () => 'ok')).type.not.toRaiseError()
   expect(app.get('/x', { config: { admission: { exempt: 'yes' } } }, async () => 'ok')).type.toRaiseError()
   expect<AdmissionRouteConfig>().type.toBe<{ exempt?: boolean }>()
+})
+
+test('window reports on the diagnostics channel: a channel name and a read-only report', () => {
+  expect(WINDOW_CHANNEL).type.toBe<'fastify-admission:window'>()
+  expect(subscribe(WINDOW_CHANNEL, message => {
+    const report = message as WindowReport
+    expect(report.refused).type.toBe<number>()
+    expect(report.enforcing).type.toBe<boolean>()
+    expect(() => { report.limit = 5 }).type.toRaiseError("Cannot assign to 'limit' because it is a read-only property")
+  })).type.not.toRaiseError()
 })
