@@ -14,7 +14,10 @@
 // `logger: true` does) writing into a stream that discards the lines: stdout carries the time series.
 // BENCH_STATIC_CAP=n sets the static-cap contender's in-flight cap (100 by default).
 // BENCH_BACKLOG=n listens with a listen queue of n (`listen({ backlog })`) instead of Node's 511.
+// BENCH_WINDOW_TRACE=FILE (admission): every sampling window's report (the plugin's diagnostics
+// channel: arrivals, refusals, completions, limit, enforced, late turns) as a JSON line in FILE.
 // /work?io=0 skips the await: with cpu2=0 as well the handler is one synchronous block of CPU work.
+import { subscribe } from 'node:diagnostics_channel'
 import { createWriteStream } from 'node:fs'
 import { monitorEventLoopDelay, performance, type EventLoopUtilization } from 'node:perf_hooks'
 import { Writable } from 'node:stream'
@@ -110,9 +113,14 @@ export function staticCap (app: FastifyInstance, max: number): void {
 
 export async function loadAdmission (): Promise<FastifyPluginAsync> {
   // Loaded dynamically so the other contenders keep working while lib/ is being edited.
-  const mod = await import('../lib/index.js') as unknown as { default?: unknown, admission?: unknown }
+  const mod = await import('../lib/index.js') as unknown as { default?: unknown, admission?: unknown, WINDOW_CHANNEL?: unknown }
   const plugin = mod.default ?? mod.admission
   if (typeof plugin !== 'function') throw new Error('lib/index.js has no default export yet (admission plugin missing)')
+  const trace = process.env.BENCH_WINDOW_TRACE
+  if (trace !== undefined && typeof mod.WINDOW_CHANNEL === 'string') {
+    const out = createWriteStream(trace, { flags: 'a' })
+    subscribe(mod.WINDOW_CHANNEL, report => { out.write(JSON.stringify(report) + '\n') })
+  }
   return plugin as FastifyPluginAsync
 }
 
