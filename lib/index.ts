@@ -21,7 +21,7 @@ import { hooksBeforeAdmission } from './hook-order.js'
 import { registerMetrics } from './metrics.js'
 import { registerOpenTelemetry, type OtelHandle } from './otel.js'
 import {
-  resolveOptions, resolveRouteConfig, type AdmissionOptions, type AdmissionRouteConfig, type ResolvedRouteConfig
+  controllerSettingsOf, resolveOptions, resolveRouteConfig, turnSettingsOf, type AdmissionOptions, type AdmissionRouteConfig, type ResolvedRouteConfig
 } from './options.js'
 import { Permits } from './permits.js'
 import { RouteConfigReader } from './route-config.js'
@@ -64,8 +64,6 @@ const windowChannel = channel(WINDOW_CHANNEL)
 /** Code of the refusal body. */
 export const OVERLOADED_CODE = 'FST_ERR_ADMISSION_OVERLOADED'
 
-/** A shedding episode ends after this long without refusals. */
-const QUIET_MS = 1000
 /** At most one "shedding started" log line per this long. */
 const LOG_INTERVAL_MS = 10_000
 
@@ -99,24 +97,8 @@ function closeSocketOfResponse (this: ServerResponse): void {
 
 const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmission (fastify, rawOptions) {
   const opts = resolveOptions(rawOptions)
-  const turns = new LoopTurns({
-    budgetMs: opts.turnBudget,
-    intervalMs: opts.congestionInterval
-  }, { now: performance.now.bind(performance), idle: loopIdleMs, atTurnEnd: setImmediate })
-  const controller = new AdmissionController({
-    mode: opts.mode,
-    minLimit: opts.minLimit,
-    maxLimit: opts.maxLimit,
-    initialLimit: opts.initialLimit,
-    headroom: opts.headroom,
-    busyTarget: opts.targetUtilization,
-    maxInflight: opts.maxInflight,
-    maxDelayMs: opts.maxEventLoopDelay,
-    maxUtilization: opts.maxEventLoopUtilization,
-    graceMs: opts.startupGrace,
-    retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
-    quietMs: QUIET_MS
-  }, performance.now(), { onShedding: logShedding, turns, now: performance.now.bind(performance), windows: windowChannel })
+  const turns = new LoopTurns(turnSettingsOf(opts), { now: performance.now.bind(performance), idle: loopIdleMs, atTurnEnd: setImmediate })
+  const controller = new AdmissionController(controllerSettingsOf(opts), performance.now(), { onShedding: logShedding, turns, now: performance.now.bind(performance), windows: windowChannel })
   const histograms = new Histograms()
   // Also OpenTelemetry's histograms once its instruments are registered (below).
   let recorder: Recorder = histograms

@@ -5,7 +5,8 @@ import createError from '@fastify/error'
 import type { Meter } from '@opentelemetry/api'
 import type { Registry } from 'prom-client'
 import type { FastifyUnderPressureOptions } from '@fastify/under-pressure'
-import type { Mode } from './admission.js'
+import type { ControllerSettings, Mode } from './admission.js'
+import type { TurnSettings } from './turns.js'
 
 export const InvalidOptionError = createError<[string, string, string]>(
   'FST_ERR_ADMISSION_INVALID_OPTION',
@@ -297,6 +298,32 @@ function resolveUnderPressure (value: unknown): UnderPressureCeilings | false {
 }
 
 /** Validate and complete the options; throws a FST_ERR_ADMISSION_INVALID_OPTION naming the bad one. */
+/** A shedding episode ends after this long without refusals, ms. */
+const QUIET_MS = 1000
+
+/** The controller's settings for resolved options (the plugin and the simulator build it alike). */
+export function controllerSettingsOf (opts: ResolvedOptions): ControllerSettings {
+  return {
+    mode: opts.mode,
+    minLimit: opts.minLimit,
+    maxLimit: opts.maxLimit,
+    initialLimit: opts.initialLimit,
+    headroom: opts.headroom,
+    busyTarget: opts.targetUtilization,
+    maxInflight: opts.maxInflight,
+    maxDelayMs: opts.maxEventLoopDelay,
+    maxUtilization: opts.maxEventLoopUtilization,
+    graceMs: opts.startupGrace,
+    retryAfter: { min: opts.retryAfterMin, max: opts.retryAfterMax },
+    quietMs: QUIET_MS
+  }
+}
+
+/** The loop turns' settings for resolved options. */
+export function turnSettingsOf (opts: ResolvedOptions): TurnSettings {
+  return { budgetMs: opts.turnBudget, intervalMs: opts.congestionInterval }
+}
+
 export function resolveOptions (input: unknown): ResolvedOptions {
   if (input === undefined || input === null) input = {}
   if (typeof input !== 'object' || Array.isArray(input)) {
