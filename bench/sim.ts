@@ -98,7 +98,6 @@ export function simulate (spec: SimSpec): SimResult {
   let nextWindow = opts.sampleInterval
   let windowStart = 0
   let windowIdle = 0
-  let windowLate = 0
   const ok: number[] = []
   const refusedLatency: number[] = []
   const turnLengths: number[] = []
@@ -107,12 +106,11 @@ export function simulate (spec: SimSpec): SimResult {
     const turnStart = now
     // Timers phase.
     if (now >= nextWindow) {
-      windowLate = Math.max(windowLate, now - nextWindow)
+      // The loop delay: how late the sampling timer itself ran.
       const duration = now - windowStart
-      controller.onWindow({ durationMs: duration, elu: 1 - (idle - windowIdle) / duration, delayP99Ms: windowLate }, now)
+      controller.onWindow({ durationMs: duration, elu: 1 - (idle - windowIdle) / duration, delayP99Ms: now - nextWindow }, now)
       windowStart = now
       windowIdle = idle
-      windowLate = 0
       nextWindow = now + opts.sampleInterval
     }
     while (dueAt(awaiting) <= turnStart) {

@@ -297,7 +297,6 @@ function resolveUnderPressure (value: unknown): UnderPressureCeilings | false {
   return Object.freeze({ ...up }) as UnderPressureCeilings
 }
 
-/** Validate and complete the options; throws a FST_ERR_ADMISSION_INVALID_OPTION naming the bad one. */
 /** A shedding episode ends after this long without refusals, ms. */
 const QUIET_MS = 1000
 
@@ -324,6 +323,7 @@ export function turnSettingsOf (opts: ResolvedOptions): TurnSettings {
   return { budgetMs: opts.turnBudget, intervalMs: opts.congestionInterval }
 }
 
+/** Validate and complete the options; throws a FST_ERR_ADMISSION_INVALID_OPTION naming the bad one. */
 export function resolveOptions (input: unknown): ResolvedOptions {
   if (input === undefined || input === null) input = {}
   if (typeof input !== 'object' || Array.isArray(input)) {
