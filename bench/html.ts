@@ -22,7 +22,8 @@ function targetsSection (targets: TargetCheck[]): string {
     ...contenders.map((c) => {
       const v = t.byContender[c]
       if (v === undefined) return '<span class="na">not run</span>'
-      return `<span class="${v.pass ? 'pass' : 'fail'}">${v.pass ? 'PASS' : 'FAIL'}</span> ${esc(v.value)}`
+      const why = c === 'admission' && t.reason !== undefined ? `<br><i>measured reason: ${esc(t.reason)}</i>` : ''
+      return `<span class="${v.pass ? 'pass' : 'fail'}">${v.pass ? 'PASS' : 'FAIL'}</span> ${esc(v.value)}${why}`
     })
   ])
   const a = targets.filter(t => t.byContender.admission !== undefined)
@@ -295,11 +296,11 @@ ${table(['contender', 'route', 'offered', 'good (2xx ≤ 1 s)', '503', 'timeouts
     const h = r.hello
     const cs = Object.keys(h.mean)
     parts.push(`<h2>6. Hello-world overhead</h2>
-<p>Closed loop on <code>GET /hello</code> with ${esc(h.tool)}, ${h.roundSeconds} s rounds, servers alternating (order reversed every round). Ratio admission / bare = <b>${h.ratio.toFixed(3)}</b> (median of the per-round ratios ${h.roundRatios.map(x => x.toFixed(3)).join(', ')}; ratio of the means ${h.meanRatio.toFixed(3)}; target ≥ 0.98). Only 2xx responses count.
-${h.warmupOther !== undefined ? `Before the rounds every contender ran the same closed loop for ${h.warmupSeconds ?? '–'} s (a cold process runs its first thousands of requests before the JIT compiled them); answers other than 2xx in that warm-up: ${Object.entries(h.warmupOther).map(([c, v]) => `${esc(c)} ${v}`).join(', ')}; in the rounds: ${Object.entries(h.roundsOther ?? {}).map(([c, v]) => `${esc(c)} ${v}`).join(', ')}. ` : ''}Server main-thread CPU per 2xx response (median of rounds): ${Object.entries(h.cpuPerRequestUs).map(([c, v]) => `${esc(c)} ${v.toFixed(1)} µs`).join(', ')}.${h.note !== undefined ? ` <i>${esc(h.note)}</i>` : ''}</p>
-${table(['round', ...cs, 'ratio'], [...h.rounds.map((row, i) => [String(i + 1), ...cs.map(c => `${row[c] ?? '–'}/s`), (h.roundRatios[i] ?? 0).toFixed(3)]), ['<b>mean</b>', ...cs.map(c => `<b>${h.mean[c]}/s</b>`), h.meanRatio.toFixed(3)]], 'num')}${h.many !== undefined
+<p>Closed loop on <code>GET /hello</code> with ${esc(h.tool)}, ${h.roundSeconds} s rounds, a fresh process per contender and round (the order reversed every round): one process runs at one of two speeds about a quarter apart for its whole life, bare Fastify included, so rounds on one process pair only tell which speed each process fell on. Ratio admission / bare = <b>${h.ratio.toFixed(3)}</b> (medians ${h.median.admission ?? 0} and ${h.median.bare ?? 0}/s; per-round ratios ${h.roundRatios.map(x => x.toFixed(3)).join(', ')}; ratio of the means ${h.meanRatio.toFixed(3)}; target ≥ 0.98). Only 2xx responses count.
+${h.hook !== undefined ? `The reference <code>empty-hook</code> is bare Fastify with one onRequest hook that does nothing, registered as the plugin is (a fastify-plugin, awaited): it reads <b>${h.hook.ratio.toFixed(3)}</b> of bare, and the plugin <b>${h.hook.admissionRatio.toFixed(3)}</b> of it. ` : ''}${h.warmupOther !== undefined ? `Every process first ran the same closed loop for ${h.warmupSeconds ?? '–'} s (a cold process runs its first thousands of requests before the JIT compiled them); answers other than 2xx in those warm-ups: ${Object.entries(h.warmupOther).map(([c, v]) => `${esc(c)} ${v}`).join(', ')}; in the rounds: ${Object.entries(h.roundsOther ?? {}).map(([c, v]) => `${esc(c)} ${v}`).join(', ')}. ` : ''}Server main-thread CPU per 2xx response (median of rounds): ${Object.entries(h.cpuPerRequestUs).map(([c, v]) => `${esc(c)} ${v.toFixed(1)} µs`).join(', ')}.${h.note !== undefined ? ` <i>${esc(h.note)}</i>` : ''}</p>
+${table(['round', ...cs, 'ratio'], [...h.rounds.map((row, i) => [String(i + 1), ...cs.map(c => `${row[c] ?? '–'}/s`), (h.roundRatios[i] ?? 0).toFixed(3)]), ['<b>median</b>', ...cs.map(c => `<b>${h.median[c] ?? '–'}/s</b>`), h.ratio.toFixed(3)], ['mean', ...cs.map(c => `${h.mean[c]}/s`), h.meanRatio.toFixed(3)]], 'num')}${h.many !== undefined
       ? `
-<p>The same closed loop with ${h.many.connections} connections (no target: turns then read more requests than the turn budget holds, and wrk sends again at once after a 503). 2xx per second by round; median ratio admission / bare <b>${h.many.ratio.toFixed(3)}</b>; answers other than 2xx: ${Object.entries(h.many.other).map(([c, v]) => `${esc(c)} ${v}`).join(', ')}.</p>
+<p>The same processes with ${h.many.connections} connections after their round (no target: turns then read more requests than the turn budget holds, and wrk sends again at once after a 503). 2xx per second by round; ratio of the medians admission / bare <b>${h.many.ratio.toFixed(3)}</b>; answers other than 2xx: ${Object.entries(h.many.other).map(([c, v]) => `${esc(c)} ${v}`).join(', ')}.</p>
 ${table(['round', ...cs], h.many.rounds.map((row, i) => [String(i + 1), ...cs.map(c => `${row[c] ?? '–'}/s`)]), 'num')}`
       : ''}`)
   }

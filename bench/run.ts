@@ -137,8 +137,8 @@ async function main (): Promise<void> {
     }
   }
   if (only.has('hello')) {
-    log(`hello-world overhead: closed loop, alternating rounds  [${elapsed(t0)}]`)
-    results.hello = await runHello(cfg, choose(['bare', 'admission']), quick ? 2 : 7, quick ? 1 : 2, quick ? 1 : 3, quick ? 1 : 3)
+    log(`hello-world overhead: closed loop, a fresh process per contender and round  [${elapsed(t0)}]`)
+    results.hello = await runHello(cfg, choose(['bare', 'empty-hook', 'admission']), quick ? 2 : 7, quick ? 1 : 2, quick ? 1 : 3)
   }
 
   // a baseline serving well above "capacity" within the SLO means the capacity search was disturbed
@@ -216,6 +216,7 @@ function printSummary (r: BenchResults, targets: ReturnType<typeof checkTargets>
     }
     const status = a === undefined ? 'n/a ' : a.pass ? 'PASS' : 'FAIL'
     log(`${status}  ${t.label} ${t.target}: ${a?.value ?? '–'}${others.length > 0 ? `   [${others}]` : ''}`)
+    if (t.reason !== undefined) log(`      measured reason: ${t.reason}`)
   }
   log(`admission: ${pass}/${total} targets met`)
 }

@@ -572,23 +572,31 @@ export interface HelloResult {
   tool: string
   connections: number
   roundSeconds: number
+  /** 2xx per second by round and contender: every round on fresh processes, one per contender */
   rounds: Array<Record<string, number>>
   mean: Record<string, number>
+  /** median over the rounds, by contender */
+  median: Record<string, number>
   /** admission / bare within each round (adjacent in time) */
   roundRatios: number[]
-  /** median of the per-round ratios (robust to a noisy round); the target is checked on it */
+  /** median admission / median bare: the target is checked on it */
   ratio: number
   /** ratio of the means */
   meanRatio: number
+  /**
+   * The reference: an onRequest hook that does nothing, registered as the plugin is. `ratio` = its
+   * median / bare's, `admissionRatio` = admission's median / its.
+   */
+  hook?: { ratio: number, admissionRatio: number }
   /** median main-thread CPU time of the server per 2xx response (µs), from /proc/<pid>/schedstat */
   cpuPerRequestUs: Record<string, number>
-  /** seconds of the same closed-loop load each contender ran before the rounds */
+  /** seconds of the same closed-loop load each process ran before its round */
   warmupSeconds?: number
-  /** answers other than 2xx during the warm-up (a cold process' refusals), by contender */
+  /** answers other than 2xx during the warm-ups (a cold process' refusals), by contender */
   warmupOther?: Record<string, number>
   /** answers other than 2xx during the rounds, by contender */
   roundsOther?: Record<string, number>
-  /** the same closed loop with MANY_CONNECTIONS connections: 2xx per second by round, answers other than 2xx, median ratio */
+  /** the same closed loop with MANY_CONNECTIONS connections: 2xx per second by round, answers other than 2xx, ratio of the medians */
   many?: { connections: number, rounds: Array<Record<string, number>>, other: Record<string, number>, ratio: number }
   note?: string
 }
@@ -596,105 +604,110 @@ export interface HelloResult {
 /** Connections of the hello-world rounds that read more requests per turn than the turn budget holds. */
 const MANY_CONNECTIONS = 200
 
-export async function runHello (cfg: BenchConfig, contenders: Contender[], rounds: number, roundSeconds: number, warmupSeconds: number, manyRounds: number): Promise<HelloResult> {
+/**
+ * Hello-world overhead, closed loop. Every round starts a fresh process per contender (the order
+ * reversed every round), warms it up with the same client, then measures it with 50 connections and
+ * with MANY_CONNECTIONS. Fresh processes, because one process runs the same code at one of two speeds
+ * for its whole life, about a quarter apart, bare Fastify included: measured on 2026-11-25, six fresh
+ * processes of each read bare 69 840-94 940/s and admission 63 565-88 671/s, each in one of two groups,
+ * and the CPU profiles of the slow ones spent 13-14 % of the time in Node's process.nextTick against
+ * about 1 % in the fast ones. Rounds on one process pair measured which group each process fell in.
+ */
+export async function runHello (cfg: BenchConfig, contenders: Contender[], rounds: number, roundSeconds: number, warmupSeconds: number): Promise<HelloResult> {
   const connections = 50
   const useWrk = commandExists('wrk')
   const tool = useWrk ? 'wrk -t1 -c50 (pinned to core 1)' : 'built-in closed-loop client, 50 connections (install wrk for a client that cannot be the bottleneck)'
-  const servers: ServerHandle[] = []
-  try {
-    for (const c of contenders) servers.push(await startServer({ contender: c, series: false }))
-    // one closed-loop round: 2xx per second, answers that were not 2xx, and the server's main-thread CPU
-    // per 2xx (ns, from schedstat)
-    const once = async (srv: ServerHandle, seconds: number, conns = connections): Promise<{ perSec: number, other: number, cpuNs: number | null }> => {
-      const cpuBefore = mainThreadNs(srv.pid)
-      let perSec = 0
-      let count = 0
-      let other = 0
-      if (useWrk) {
-        const r = await runCommand('wrk', ['-t1', `-c${conns}`, `-d${seconds}s`, `http://127.0.0.1:${srv.port}/hello`], (seconds + 10) * 1000)
-        const total = /(\d+) requests in ([\d.]+)(m?s)/.exec(r.stdout)
-        const non2xx = /Non-2xx or 3xx responses:\s*(\d+)/.exec(r.stdout)
-        if (total !== null) {
-          const secs = Number(total[2]) / (total[3] === 'ms' ? 1000 : 1)
-          other = non2xx !== null ? Number(non2xx[1]) : 0
-          count = Number(total[1]) - other
-          perSec = secs > 0 ? count / secs : 0
-        }
-      } else {
-        const r = await runClosedLoop({ port: srv.port, path: '/hello', connections: conns, seconds })
-        perSec = r.okPerSec
-        count = r.ok
-        other = r.requests - r.ok
+  // one closed-loop run: 2xx per second, answers that were not 2xx, and the server's main-thread CPU
+  // per 2xx (ns, from schedstat)
+  const once = async (srv: ServerHandle, seconds: number, conns = connections): Promise<{ perSec: number, other: number, cpuNs: number | null }> => {
+    const cpuBefore = mainThreadNs(srv.pid)
+    let perSec = 0
+    let count = 0
+    let other = 0
+    if (useWrk) {
+      const r = await runCommand('wrk', ['-t1', `-c${conns}`, `-d${seconds}s`, `http://127.0.0.1:${srv.port}/hello`], (seconds + 10) * 1000)
+      const total = /(\d+) requests in ([\d.]+)(m?s)/.exec(r.stdout)
+      const non2xx = /Non-2xx or 3xx responses:\s*(\d+)/.exec(r.stdout)
+      if (total !== null) {
+        const secs = Number(total[2]) / (total[3] === 'ms' ? 1000 : 1)
+        other = non2xx !== null ? Number(non2xx[1]) : 0
+        count = Number(total[1]) - other
+        perSec = secs > 0 ? count / secs : 0
       }
-      const cpuAfter = mainThreadNs(srv.pid)
-      const cpuNs = cpuBefore !== null && cpuAfter !== null && count > 0 ? (cpuAfter - cpuBefore) / count : null
-      return { perSec, other, cpuNs }
+    } else {
+      const r = await runClosedLoop({ port: srv.port, path: '/hello', connections: conns, seconds })
+      perSec = r.okPerSec
+      count = r.ok
+      other = r.requests - r.ok
     }
-    // The same warm-up for every contender, with the same client: a fresh process runs its first
-    // thousands of requests before the JIT has compiled them, and the plugin refuses some of them (its
-    // turns run over their budget). The overhead is measured on warm processes; the warm-up's refusals
-    // are reported beside it, and cold bursts are the hard scenarios' subject.
-    const warmupOther: Record<string, number> = {}
-    for (const srv of servers) warmupOther[srv.contender] = (await once(srv, warmupSeconds)).other
-    cfg.log(`  hello warm-up (${warmupSeconds} s each), answers other than 2xx: ${Object.entries(warmupOther).map(([c, v]) => `${c} ${v}`).join(', ')}`)
-    // Paired rounds, the order reversed every round: 2xx per second by round and contender, answers
-    // other than 2xx, and the main-thread CPU per 2xx of every round.
-    const pairedRounds = async (count: number, conns: number, label: string): Promise<{ rows: Array<Record<string, number>>, other: Record<string, number>, cpu: Record<string, number[]> }> => {
-      const rows: Array<Record<string, number>> = []
-      const other: Record<string, number> = {}
-      const cpu: Record<string, number[]> = {}
-      for (let k = 0; k < count; k++) {
-        const row: Record<string, number> = {}
-        for (const srv of k % 2 === 0 ? servers : [...servers].reverse()) {
-          const r = await once(srv, roundSeconds, conns)
-          row[srv.contender] = Math.round(r.perSec)
-          other[srv.contender] = (other[srv.contender] ?? 0) + r.other
-          if (r.cpuNs !== null) (cpu[srv.contender] ??= []).push(r.cpuNs)
-        }
-        rows.push(row)
-        cfg.log(`  ${label}${k + 1}: ${Object.entries(row).map(([c, v]) => `${c} ${v}/s`).join(', ')}`)
-      }
-      return { rows, other, cpu }
+    const cpuAfter = mainThreadNs(srv.pid)
+    const cpuNs = cpuBefore !== null && cpuAfter !== null && count > 0 ? (cpuAfter - cpuBefore) / count : null
+    return { perSec, other, cpuNs }
+  }
+  const res: Array<Record<string, number>> = []
+  const many: Array<Record<string, number>> = []
+  const warmupOther: Record<string, number> = {}
+  const roundsOther: Record<string, number> = {}
+  const manyOther: Record<string, number> = {}
+  const cpu: Record<string, number[]> = {}
+  const add = (to: Record<string, number>, c: string, n: number): void => { to[c] = (to[c] ?? 0) + n }
+  for (let k = 0; k < rounds; k++) {
+    const row: Record<string, number> = {}
+    const manyRow: Record<string, number> = {}
+    for (const c of k % 2 === 0 ? contenders : [...contenders].reverse()) {
+      await withServer({ contender: c, series: false }, async (srv) => {
+        // The same warm-up for every process, with the same client: a fresh process runs its first
+        // thousands of requests before the JIT has compiled them, and the plugin refuses some of them
+        // (its turns run over their budget). Its refusals are reported; cold bursts are the hard
+        // scenarios' subject.
+        add(warmupOther, c, (await once(srv, warmupSeconds)).other)
+        const r = await once(srv, roundSeconds)
+        row[c] = Math.round(r.perSec)
+        add(roundsOther, c, r.other)
+        if (r.cpuNs !== null) (cpu[c] ??= []).push(r.cpuNs)
+        // Many connections: each turn reads one request per ready connection, 200 hello-world requests
+        // make turns longer than the turn budget, and a client that sends again at once after a
+        // refusal is back in the next turn.
+        const m = await once(srv, roundSeconds, MANY_CONNECTIONS)
+        manyRow[c] = Math.round(m.perSec)
+        add(manyOther, c, m.other)
+      })
     }
-    const { rows: res, other: roundsOther, cpu } = await pairedRounds(rounds, connections, 'hello round ')
-    // Many connections: each turn reads one request per ready connection, 200 hello-world requests make
-    // turns of ~9 ms, over the turn budget, and a client that sends again at once after a refusal is
-    // back in the next turn.
-    const { rows: many, other: manyOther } = await pairedRounds(manyRounds, MANY_CONNECTIONS, `hello, ${MANY_CONNECTIONS} connections, round `)
-    const cpuPerRequestUs: Record<string, number> = {}
-    for (const [c, v] of Object.entries(cpu)) {
-      const sorted = [...v].sort((a, b) => a - b)
-      cpuPerRequestUs[c] = round((sorted[sorted.length >> 1] ?? 0) / 1000, 2) ?? 0
-    }
-    const mean: Record<string, number> = {}
-    for (const c of contenders) mean[c] = Math.round(res.reduce((a, r) => a + (r[c] ?? 0), 0) / res.length)
-    const base = mean.bare ?? 0
-    const meanRatio = base > 0 ? (mean.admission ?? 0) / base : 0
-    const roundRatios = res.map(r => (r.bare ?? 0) > 0 ? (r.admission ?? 0) / (r.bare as number) : 0)
-    const middle = roundRatios.length === 0 ? 0 : median(roundRatios)
-    return {
-      tool,
-      connections,
-      roundSeconds,
-      rounds: res,
-      mean,
-      roundRatios: roundRatios.map(x => round(x, 3) ?? 0),
-      cpuPerRequestUs,
-      warmupSeconds,
-      warmupOther,
-      roundsOther,
-      many: {
-        connections: MANY_CONNECTIONS,
-        rounds: many,
-        other: manyOther,
-        ratio: round(median(many.map(r => (r.bare ?? 0) > 0 ? (r.admission ?? 0) / (r.bare as number) : 0)), 3) ?? 0
-      },
-      ratio: round(middle, 3) ?? 0,
-      meanRatio: round(meanRatio, 3) ?? 0,
-      ...(useWrk ? {} : { note: 'closed-loop client may be the bottleneck: the ratio is then biased towards 1' })
-    }
-  } finally {
-    for (const s of servers) await s.stop()
+    res.push(row)
+    many.push(manyRow)
+    cfg.log(`  hello round ${k + 1} (fresh processes): ${Object.entries(row).map(([c, v]) => `${c} ${v}/s`).join(', ')}; ${MANY_CONNECTIONS} connections: ${Object.entries(manyRow).map(([c, v]) => `${c} ${v}/s`).join(', ')}`)
+  }
+  cfg.log(`  hello warm-ups (${warmupSeconds} s each), answers other than 2xx: ${Object.entries(warmupOther).map(([c, v]) => `${c} ${v}`).join(', ')}`)
+  const cpuPerRequestUs: Record<string, number> = {}
+  for (const [c, v] of Object.entries(cpu)) cpuPerRequestUs[c] = round(median(v) / 1000, 2) ?? 0
+  const mean: Record<string, number> = {}
+  const middle: Record<string, number> = {}
+  for (const c of contenders) {
+    mean[c] = Math.round(res.reduce((a, r) => a + (r[c] ?? 0), 0) / res.length)
+    middle[c] = Math.round(median(res.map(r => r[c] ?? 0)))
+  }
+  const over = (rows: Array<Record<string, number>>, a: string, b: string): number => {
+    const x = median(rows.map(r => r[b] ?? 0))
+    return x > 0 ? round(median(rows.map(r => r[a] ?? 0)) / x, 3) ?? 0 : 0
+  }
+  const base = mean.bare ?? 0
+  return {
+    tool,
+    connections,
+    roundSeconds,
+    rounds: res,
+    mean,
+    median: middle,
+    roundRatios: res.map(r => (r.bare ?? 0) > 0 ? round((r.admission ?? 0) / (r.bare as number), 3) ?? 0 : 0),
+    ratio: over(res, 'admission', 'bare'),
+    meanRatio: base > 0 ? round((mean.admission ?? 0) / base, 3) ?? 0 : 0,
+    ...(contenders.includes('empty-hook') ? { hook: { ratio: over(res, 'empty-hook', 'bare'), admissionRatio: over(res, 'admission', 'empty-hook') } } : {}),
+    cpuPerRequestUs,
+    warmupSeconds,
+    warmupOther,
+    roundsOther,
+    many: { connections: MANY_CONNECTIONS, rounds: many, other: manyOther, ratio: over(many, 'admission', 'bare') },
+    ...(useWrk ? {} : { note: 'closed-loop client may be the bottleneck: the ratio is then biased towards 1' })
   }
 }
 

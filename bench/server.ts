@@ -1,6 +1,6 @@
 // Server under test: one contender per process.
 //
-//   node --import tsx bench/server.ts --contender bare|under-pressure|static-cap|admission|refuse-all --port N
+//   node --import tsx bench/server.ts --contender bare|under-pressure|static-cap|admission|refuse-all|empty-hook --port N
 //        [--series FILE|-|off] [--stall-every-ms N --stall-ms M]
 //
 // Routes:
@@ -24,9 +24,10 @@ import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
+import fp from 'fastify-plugin'
 import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 
-export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission', 'refuse-all'] as const
+export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission', 'refuse-all', 'empty-hook'] as const
 export type Contender = typeof contenders[number]
 
 /** The read-only snapshot the admission plugin exposes as `app.admission` (see the plugin contract). */
@@ -162,6 +163,13 @@ export async function buildServer (contender: Contender): Promise<FastifyInstanc
       })
       break
     }
+    case 'empty-hook':
+      // The hello-world overhead's reference: what an onRequest hook that does nothing costs, registered
+      // as the plugin is (a fastify-plugin, awaited before the routes).
+      await app.register(fp(async function emptyHookPlugin (instance) {
+        instance.addHook('onRequest', function emptyHook (_request, _reply, done) { done() })
+      }))
+      break
     case 'admission':
       // Default options are what the benchmark measures; BENCH_ADMISSION_OPTIONS (JSON) is for tuning runs.
       await app.register(await loadAdmission(), JSON.parse(process.env.BENCH_ADMISSION_OPTIONS ?? '{}'))
