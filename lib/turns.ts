@@ -74,6 +74,13 @@ export class LoopTurns {
   stallMs = 0
   /** When the current turn read its first request, or -1. */
   #firstRead = -1
+  /**
+   * Whether refusing a request makes its turn shorter. The accept backlog refuses so that turns are
+   * short and let the waiting connections in; where requests cost little more than their refusals
+   * (a refusal costs about what a hello-world response does), refusing leaves turns as long and only
+   * loses the requests. The controller clears it while the learned capacity says so.
+   */
+  refusalsShorten = true
   /** A connection was accepted in the current turn. */
   #accepted = false
   /** Busy turns in a row that each accepted a connection, and when the first of them began. */
@@ -139,10 +146,11 @@ export class LoopTurns {
   /**
    * Connections are waiting to be accepted: the last turns each accepted one for at least half the
    * interval, the loop never idling. (A client pool opening a few dozen connections at once on a
-   * quiet process is let in within a few turns and is not a backlog.)
+   * quiet process is let in within a few turns and is not a backlog.) Never while `refusalsShorten`
+   * is false.
    */
   acceptBacklog (): boolean {
-    return this.#acceptRun >= ACCEPT_RUN && this.#lastEnd - this.#acceptSince >= this.#settings.intervalMs / 2
+    return this.refusalsShorten && this.#acceptRun >= ACCEPT_RUN && this.#lastEnd - this.#acceptSince >= this.#settings.intervalMs / 2
   }
 
   /**

@@ -1,6 +1,6 @@
 import t from 'tap'
 import {
-  AdmissionController, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
+  AdmissionController, CHEAP_REQUEST_MS, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
   type ControllerSettings, type WindowReport
 } from '../lib/admission.js'
 import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
@@ -269,6 +269,50 @@ t.test('connections waiting to be accepted: the limit is enforced at a quarter',
   t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
   t.equal(c.acquire(DEFAULT_CLASS), 'rejected', '2 of 8 in flight')
   loop.endTurn()
+})
+
+/** Opens `connections` connections at once on a busy loop: one accepted per turn of `ms`. */
+function openAtOnce (loop: FakeLoop, turns: LoopTurns, connections: number, ms: number): void {
+  for (let i = 0; i < connections; i++) {
+    turns.connection()
+    loop.work(ms)
+    loop.endTurn()
+  }
+}
+
+t.test('connections opened at once on a cheap route are not refused by the accept backlog', async t => {
+  const { loop, turns, c } = withTurns({ initialLimit: 8 })
+  // 8000 hello-world requests in a busy window: 12.5 µs of loop each, less than CHEAP_REQUEST_MS.
+  for (let i = 0; i < 8000; i++) {
+    c.acquire(DEFAULT_CLASS)
+    c.release(0.1, true)
+  }
+  c.onWindow({ durationMs: 100, elu: 1, delayP99Ms: 0 }, 100)
+  t.ok(1000 / c.limiter.capacity < CHEAP_REQUEST_MS, `learned ${Math.round(c.limiter.capacity)}/s`)
+  t.equal(turns.refusalsShorten, false)
+  // 200 connections, as a client pool reconnecting: turns of 2 ms, each accepting one.
+  openAtOnce(loop, turns, 200, 2)
+  t.equal(turns.acceptBacklog(), false)
+  turns.connection()
+  let served = 0
+  for (let i = 0; i < 200; i++) {
+    // Each response is out before the next request is read, as a hello-world route's are.
+    if (c.acquire(DEFAULT_CLASS) === 'admitted') served++
+    loop.work(0.0125)
+    c.release(0.1, true)
+  }
+  loop.endTurn()
+  t.equal(served, 200, 'a turn of 200 requests of 12.5 µs each: all served')
+  t.equal(c.totals.rejected.limit, 0)
+
+  // The same connections on an expensive route: refusing shortens the turns, the backlog is shed.
+  const expensive = withTurns({ initialLimit: 8 })
+  learn400(expensive.loop, expensive.c, 100)
+  t.equal(expensive.turns.refusalsShorten, true, `learned ${Math.round(expensive.c.limiter.capacity)}/s`)
+  openAtOnce(expensive.loop, expensive.turns, 200, 2)
+  t.equal(expensive.turns.acceptBacklog(), true)
+  expensive.turns.connection()
+  t.ok(readTurn(expensive.loop, expensive.c, 200, 0.0125) < 200, 'refused past the accept budget')
 })
 
 /**

@@ -189,6 +189,21 @@ t.test('connections waiting to be accepted: a short turn budget until the loop i
   loop.endTurn()
 })
 
+t.test('no accept backlog while refusals would not shorten the turns', async t => {
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  turns.refusalsShorten = false
+  for (let i = 0; i < 30; i++) {
+    turns.connection()
+    turn(loop, turns, 1, 2)
+  }
+  t.equal(turns.acceptBacklog(), false)
+  turns.connection()
+  t.same(turn(loop, turns, 3, ACCEPT_BUDGET_MS), [false, false, false], 'reads past the accept budget')
+  turns.refusalsShorten = true
+  t.equal(turns.acceptBacklog(), true, 'the same run, once refusals shorten turns')
+})
+
 t.test('how long a turn has run: from the previous turn\'s end when the loop did not idle, 0 between turns', async t => {
   const loop = fakeLoop()
   const turns = new LoopTurns(settings, loop.clock)
