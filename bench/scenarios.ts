@@ -588,6 +588,8 @@ export interface HelloResult {
    * median / bare's, `admissionRatio` = admission's median / its.
    */
   hook?: { ratio: number, admissionRatio: number }
+  /** admission's median / the median of bare Fastify processes that did not warm process.nextTick */
+  unwarmedRatio?: number
   /** median main-thread CPU time of the server per 2xx response (µs), from /proc/<pid>/schedstat */
   cpuPerRequestUs: Record<string, number>
   /** seconds of the same closed-loop load each process ran before its round */
@@ -603,15 +605,16 @@ export interface HelloResult {
 
 /** Connections of the hello-world rounds that read more requests per turn than the turn budget holds. */
 const MANY_CONNECTIONS = 200
+/** The label of bare Fastify without the warm-up of process.nextTick every other process gets. */
+export const UNWARMED = 'bare-unwarmed'
 
 /**
  * Hello-world overhead, closed loop. Every round starts a fresh process per contender (the order
  * reversed every round), warms it up with the same client, then measures it with 50 connections and
  * with MANY_CONNECTIONS. Fresh processes, because one process runs the same code at one of two speeds
- * for its whole life, about a quarter apart, bare Fastify included: measured on 2026-11-25, six fresh
- * processes of each read bare 69 840-94 940/s and admission 63 565-88 671/s, each in one of two groups,
- * and the CPU profiles of the slow ones spent 13-14 % of the time in Node's process.nextTick against
- * about 1 % in the fast ones. Rounds on one process pair measured which group each process fell in.
+ * for its whole life, about a quarter apart, bare Fastify included: process.nextTick, which every
+ * response calls about nine times, is either fast or slow (lib/warm-ticks.ts). Rounds on one process
+ * pair measured which speed each process fell on.
  */
 export async function runHello (cfg: BenchConfig, contenders: Contender[], rounds: number, roundSeconds: number, warmupSeconds: number): Promise<HelloResult> {
   const connections = 50
@@ -651,11 +654,16 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
   const manyOther: Record<string, number> = {}
   const cpu: Record<string, number[]> = {}
   const add = (to: Record<string, number>, c: string, n: number): void => { to[c] = (to[c] ?? 0) + n }
+  // Every contender's process warms process.nextTick at start (bench/server.ts), as the plugin does for
+  // its own: the overhead is then measured between processes in the same state. Bare Fastify without
+  // that warm-up is measured too: what an application without the plugin runs at.
+  const entries: Array<{ label: string, contender: Contender, env?: Record<string, string> }> = contenders.map(c => ({ label: c, contender: c }))
+  if (contenders.includes('bare')) entries.push({ label: UNWARMED, contender: 'bare', env: { BENCH_WARM_TICKS: '0' } })
   for (let k = 0; k < rounds; k++) {
     const row: Record<string, number> = {}
     const manyRow: Record<string, number> = {}
-    for (const c of k % 2 === 0 ? contenders : [...contenders].reverse()) {
-      await withServer({ contender: c, series: false }, async (srv) => {
+    for (const { label: c, contender, env } of k % 2 === 0 ? entries : [...entries].reverse()) {
+      await withServer({ contender, series: false, ...(env !== undefined ? { env } : {}) }, async (srv) => {
         // The same warm-up for every process, with the same client: a fresh process runs its first
         // thousands of requests before the JIT has compiled them, and the plugin refuses some of them
         // (its turns run over their budget). Its refusals are reported; cold bursts are the hard
@@ -682,7 +690,7 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
   for (const [c, v] of Object.entries(cpu)) cpuPerRequestUs[c] = round(median(v) / 1000, 2) ?? 0
   const mean: Record<string, number> = {}
   const middle: Record<string, number> = {}
-  for (const c of contenders) {
+  for (const { label: c } of entries) {
     mean[c] = Math.round(res.reduce((a, r) => a + (r[c] ?? 0), 0) / res.length)
     middle[c] = Math.round(median(res.map(r => r[c] ?? 0)))
   }
@@ -702,6 +710,7 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
     ratio: over(res, 'admission', 'bare'),
     meanRatio: base > 0 ? round((mean.admission ?? 0) / base, 3) ?? 0 : 0,
     ...(contenders.includes('empty-hook') ? { hook: { ratio: over(res, 'empty-hook', 'bare'), admissionRatio: over(res, 'admission', 'empty-hook') } } : {}),
+    ...(contenders.includes('bare') ? { unwarmedRatio: over(res, 'admission', UNWARMED) } : {}),
     cpuPerRequestUs,
     warmupSeconds,
     warmupOther,

@@ -26,6 +26,7 @@ import {
 import { Permits } from './permits.js'
 import { RouteConfigReader } from './route-config.js'
 import { DELAY_RESOLUTION_MS, LoopMonitor } from './signals.js'
+import { warmNextTick } from './warm-ticks.js'
 import { LoopTurns } from './turns.js'
 
 export type { AdmissionOptions, AdmissionRouteConfig, UnderPressureCeilings } from './options.js'
@@ -97,6 +98,7 @@ function closeSocketOfResponse (this: ServerResponse): void {
 
 const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmission (fastify, rawOptions) {
   const opts = resolveOptions(rawOptions)
+  await warmNextTick()
   const turns = new LoopTurns(turnSettingsOf(opts), { now: performance.now.bind(performance), idle: loopIdleMs, atTurnEnd: setImmediate })
   const controller = new AdmissionController(controllerSettingsOf(opts), performance.now(), { onShedding: logShedding, turns, now: performance.now.bind(performance), windows: windowChannel })
   const histograms = new Histograms()
