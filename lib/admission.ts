@@ -203,11 +203,13 @@ export const STALL_DRAIN_SHARE = 0.2
 export const STALL_ALLOWANCE_MAX_MS = 500
 
 /**
- * Requests that cost less busy loop than this on average, ms (learned capacity above 10 000 a second),
- * cost little more than their refusals (15-20 µs a refusal here): refusing them does not shorten the
- * turns that the accept backlog wants short. A closed loop of 200 connections opened at once on a warm
- * hello-world process was refused 12 797 requests in 0.4 s by it, while serving them took the turns
- * no longer (2 ms per accepted connection).
+ * A process whose requests cost less busy loop than this on average, ms (learned capacity above 10 000
+ * a second), gains little from the accept backlog's refusals: a refusal costs 15-60 µs as measured on
+ * this project's machine on different days, a large share of such a request, so refusing shortens the
+ * turns little while the requests are lost. A closed loop of 200 connections opened at once on a warm
+ * hello-world process had 12 797 requests refused in 0.4 s by the accept backlog, while serving them
+ * took the turns no longer (2 ms per accepted connection). The average is the process's: a mixed app
+ * of mostly cheap requests has the rule off too, and keeps the turn budget and the limit.
  */
 export const CHEAP_REQUEST_MS = 0.1
 
@@ -447,7 +449,13 @@ export class AdmissionController {
       arrivals
     })
     this.#graceOver = nowMs >= this.#graceUntil
-    if (this.#turns !== undefined) this.#turns.refusalsShorten = !(this.limiter.capacity * CHEAP_REQUEST_MS > 1000)
+    // Only from a window without refusals, once the estimate has seen enough completions: refusals take
+    // loop time that the capacity estimate counts (it falls from 10-14k to 0.7-3k/s under a closed loop
+    // that is shed), which would switch the rule back on and refuse more. A process that has learned
+    // nothing yet keeps it.
+    if (this.#turns !== undefined && refused === 0 && this.limiter.learned >= SATURATION_CONFIDENCE) {
+      this.#turns.refusalsShorten = !(this.limiter.capacity * CHEAP_REQUEST_MS > 1000)
+    }
     this.#stallAllowance = Math.max(0, this.#stallAllowance - STALL_DRAIN_SHARE * this.limiter.capacity * durationMs / 1000)
     this.#enforcing = this.#graceOver && (this.limiter.pressure || (this.#turns?.standing() ?? false))
     this.#arrivals = 0

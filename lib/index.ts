@@ -98,7 +98,7 @@ function closeSocketOfResponse (this: ServerResponse): void {
 
 const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmission (fastify, rawOptions) {
   const opts = resolveOptions(rawOptions)
-  await warmNextTick()
+  warmNextTick()
   const turns = new LoopTurns(turnSettingsOf(opts), { now: performance.now.bind(performance), idle: loopIdleMs, atTurnEnd: setImmediate })
   const controller = new AdmissionController(controllerSettingsOf(opts), performance.now(), { onShedding: logShedding, turns, now: performance.now.bind(performance), windows: windowChannel })
   const histograms = new Histograms()

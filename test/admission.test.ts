@@ -315,6 +315,31 @@ t.test('connections opened at once on a cheap route are not refused by the accep
   t.ok(readTurn(expensive.loop, expensive.c, 200, 0.0125) < 200, 'refused past the accept budget')
 })
 
+/** One window of `completed` requests of `ms` each, on a loop busy `elu` of 100 ms; `refused` more refused (a heap ceiling). */
+function cheapWindow (c: AdmissionController, nowMs: number, completed: number, elu: number, refused = 0): void {
+  for (let i = 0; i < completed; i++) {
+    c.acquire(DEFAULT_CLASS)
+    c.release(0.1, true)
+  }
+  for (let i = 0; i < refused; i++) c.acquire(DEFAULT_CLASS, undefined, 'heap')
+  c.onWindow({ durationMs: 100, elu, delayP99Ms: 0 }, nowMs)
+}
+
+t.test('the cheap-process switch of the accept backlog: from quiet windows once learned, held while refusing', async t => {
+  const { turns, c } = withTurns({ initialLimit: 8 })
+  cheapWindow(c, 100, 100, 0.0125)
+  t.ok(c.limiter.capacity > 10_000, `${Math.round(c.limiter.capacity)}/s`)
+  t.equal(turns.refusalsShorten, true, `learned from ${c.limiter.learned} completions only`)
+  cheapWindow(c, 200, SATURATION_CONFIDENCE, 0.0375)
+  t.equal(turns.refusalsShorten, false, `cheap: ${Math.round(c.limiter.capacity)}/s`)
+  // A shed closed loop: refusals take the loop, the estimate falls below 10 000/s, the switch holds.
+  for (let i = 0; i < 8; i++) cheapWindow(c, 300 + 100 * i, 40, 1, 1)
+  t.ok(c.limiter.capacity * CHEAP_REQUEST_MS < 1000, `${Math.round(c.limiter.capacity)}/s while refusing`)
+  t.equal(turns.refusalsShorten, false, 'held while refusing')
+  cheapWindow(c, 1200, 40, 1)
+  t.equal(turns.refusalsShorten, true, `a quiet window at ${Math.round(c.limiter.capacity)}/s`)
+})
+
 /**
  * Teaches the controller 400 requests/s at 20 ms (limit 12 + 4 x sqrt(12) = 26 with headroom 0.5):
  * one window of 28 requests at ELU 0.7, the loop idle between them.
