@@ -1,12 +1,18 @@
 // Hot-path overhead probe: server CPU time per hello-world request, bare Fastify against variants of
 // the plugin's per-request work, each in its own pinned process, driven by wrk from the other core.
 //   tsx bench/hotpath.ts [seconds]
+// The variants run from an esbuild bundle of this file, not through tsx, and every one warms
+// process.nextTick first: through tsx, or without the warm-up, a Node 20 process may run nextTick at
+// its slow speed for its whole life (lib/warm-ticks.ts), and the variants would differ by that.
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
+import { mkdirSync, rmSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
+import { warmNextTick } from '../lib/warm-ticks.js'
 
 const variant = process.env.HOTPATH_VARIANT
 if (variant !== undefined) {
+  warmNextTick()
   const { default: Fastify } = await import('fastify')
   const app = Fastify()
   if (variant === 'admission') {
@@ -31,11 +37,17 @@ if (variant !== undefined) {
   process.stdin.on('close', () => process.exit(0))
 } else {
   const seconds = Number(process.argv[2] ?? 3)
+  const { build } = await import('esbuild')
+  const dir = fileURLToPath(new URL('./results/tmp/', import.meta.url))
+  mkdirSync(dir, { recursive: true })
+  const bundle = `${dir}hotpath-${process.pid}.mjs`
+  await build({ entryPoints: [fileURLToPath(import.meta.url)], bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', outfile: bundle, logLevel: 'silent' })
+  process.on('exit', () => { rmSync(bundle, { force: true }) })
   const variants = ['bare', 'admission', 'empty-hook', 'close-listener']
   const totals = new Map<string, number[]>()
   for (let round = 0; round < 3; round++) {
     for (const v of round % 2 === 0 ? variants : [...variants].reverse()) {
-      const child = spawn('taskset', ['-c', '0', process.execPath, '--import', 'tsx', fileURLToPath(import.meta.url)], {
+      const child = spawn('taskset', ['-c', '0', process.execPath, bundle], {
         env: { ...process.env, HOTPATH_VARIANT: v }, stdio: ['pipe', 'pipe', 'inherit']
       })
       const [line] = await once(child.stdout, 'data') as [Buffer]
