@@ -1,6 +1,8 @@
 // CPU cost of a refusal with Fastify's request logging, measured as bench/hotpath.ts measures: server CPU
 // time per request (process.cpuUsage) with the server pinned to CPU 0 and wrk on CPU 1, one fresh process
-// per variant and round, the order reversed every round.
+// per variant and round, the order reversed every round. The servers run from an esbuild bundle of this
+// file with process.nextTick warmed (through tsx, or without the warm-up, a Node 20 process may run
+// nextTick at its slow speed for its whole life: lib/warm-ticks.ts).
 //
 //   tsx bench/logging.ts [--seconds 3] [--rounds 3] [--capacity 450] [--only a,b,c,d,e]
 //
@@ -10,7 +12,7 @@
 // success). Log lines per request come from one extra short run per logging variant, logging to a file.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import http from 'node:http'
 import os from 'node:os'
 import { join } from 'node:path'
@@ -20,6 +22,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import type { FastifyRequest } from 'fastify'
+import { warmNextTick } from '../lib/warm-ticks.js'
 import { commandExists, hasTaskset, installExitHandlers, killAllChildren, pinSelf, runCommand, track } from './proc.js'
 import { median } from './stats.js'
 
@@ -29,7 +32,7 @@ interface Variant {
   /** the plugin refuses every request to /work (else: bare Fastify, 200 on /hello) */
   refuse: boolean
   logger: boolean
-  /** disableRequestLogging: skipRequestLogWhileShedding (from lib/index.ts) */
+  /** Fastify's request logging skipped by skipRequestLogWhileShedding (from lib/index.ts), through a LogController */
   skip: boolean
 }
 
@@ -48,7 +51,8 @@ const MARK = 'logging-bench mark'
 // every byte on stdin its CPU time in µs; exits when stdin closes.
 
 async function serve (v: Variant, logFile: string | undefined): Promise<void> {
-  const { default: Fastify } = await import('fastify')
+  warmNextTick()
+  const { default: Fastify, LogController } = await import('fastify')
   const lib = v.refuse ? await import('../lib/index.js') : undefined
   let disableRequestLogging: ((request: FastifyRequest) => boolean) | undefined
   if (v.skip) {
@@ -62,7 +66,7 @@ async function serve (v: Variant, logFile: string | undefined): Promise<void> {
   const app = Fastify({
     // Fastify's default request logging (pino, info), into a pino destination opened on /dev/null
     logger: v.logger ? { level: 'info', file: logFile ?? '/dev/null' } : false,
-    ...(disableRequestLogging !== undefined ? { disableRequestLogging } : {})
+    ...(disableRequestLogging !== undefined ? { logController: new LogController({ disableRequestLogging }) } : {})
   })
   let enforce = (): void => {}
   if (lib !== undefined) {
@@ -106,6 +110,8 @@ async function serve (v: Variant, logFile: string | undefined): Promise<void> {
 // runner
 
 const script = fileURLToPath(import.meta.url)
+/** The servers' bundle (main() builds it). */
+let bundle = script
 const warnings = new Set<string>()
 
 interface Server {
@@ -116,7 +122,7 @@ interface Server {
 }
 
 async function startServer (v: Variant, logFile?: string): Promise<Server | undefined> {
-  const args = [process.execPath, '--import', 'tsx', script]
+  const args = [process.execPath, bundle]
   const [cmd, argv] = hasTaskset() ? ['taskset', ['-c', '0', ...args]] : [process.execPath, args.slice(1)]
   const child = spawn(cmd as string, argv as string[], {
     env: { ...process.env, NODE_ENV: 'production', LOGGING_VARIANT: v.id, ...(logFile !== undefined ? { LOGGING_FILE: logFile } : {}) },
@@ -205,6 +211,12 @@ async function main (): Promise<void> {
   if (!(seconds >= 1) || !(rounds >= 1) || !(C > 0)) throw new Error('--seconds ≥ 1, --rounds ≥ 1 and --capacity > 0 please')
   if (!commandExists('wrk')) throw new Error('wrk is missing (apt-get install wrk)')
   installExitHandlers()
+  const { build } = await import('esbuild')
+  const tmp = fileURLToPath(new URL('./results/tmp/', import.meta.url))
+  mkdirSync(tmp, { recursive: true })
+  bundle = `${tmp}logging-${process.pid}.mjs`
+  await build({ entryPoints: [script], bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', outfile: bundle, logLevel: 'silent' })
+  process.on('exit', () => { rmSync(bundle, { force: true }) })
   const pinned = os.availableParallelism() >= 2 && hasTaskset() && pinSelf(1)
   console.log(`server CPU per request, wrk -t1 -c50 ${seconds} s × ${rounds} rounds; ${pinned ? 'server on CPU 0, wrk on CPU 1' : 'NOT pinned'}`)
 

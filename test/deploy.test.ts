@@ -1,5 +1,5 @@
 import t from 'tap'
-import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { Registry, register as globalRegistry, Counter } from 'prom-client'
 import admission, { kAdmissionController, skipRequestLogWhileShedding } from '../lib/index.js'
@@ -210,37 +210,45 @@ t.test('regression: every refusal wrote two info lines with Fastify\'s request l
   t.equal(lines.filter(l => l.msg === 'request completed').length, 1, 'admitted requests still do')
 })
 
-t.test('skipRequestLogWhileShedding: no per-request lines while shedding, all of them otherwise', async t => {
-  const lines: string[] = []
-  const app = Fastify({
-    disableRequestLogging: skipRequestLogWhileShedding,
-    logger: { level: 'info', stream: { write: (s: string) => { lines.push(JSON.parse(s).msg) } } }
+/** The two ways to hand Fastify the predicate: a LogController (Fastify 5.10 and later), the top-level option before. */
+const skipForms: Array<[string, () => FastifyServerOptions]> = [
+  ['logController', () => ({ logController: new LogController({ disableRequestLogging: skipRequestLogWhileShedding }) })],
+  ['disableRequestLogging', () => ({ disableRequestLogging: skipRequestLogWhileShedding })]
+]
+
+for (const [form, skipOption] of skipForms) {
+  t.test(`skipRequestLogWhileShedding (${form}): no per-request lines while shedding, all of them otherwise`, async t => {
+    const lines: string[] = []
+    const app = Fastify({
+      ...skipOption(),
+      logger: { level: 'info', stream: { write: (s: string) => { lines.push(JSON.parse(s).msg) } } }
+    })
+    t.teardown(() => app.close())
+    await app.register(admission, { registry: new Registry(), ...quiet, minLimit: 1, maxLimit: 1, initialLimit: 1 })
+    const release = await holdOnlyPermit(app)
+    t.equal((await app.inject('/hold')).statusCode, 503)
+    app[kAdmissionController].onWindow({ durationMs: 100, elu: 1, delayP99Ms: 5 }, 2e9) // the episode starts
+    lines.length = 0
+    for (let i = 0; i < 10; i++) await app.inject('/hold')
+    t.same(lines, [], 'nothing per request while shedding')
+    await release()
+    app[kAdmissionController].onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, 2e9 + 100) // the 10 refusals
+    app[kAdmissionController].onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, 2e9 + 2000) // a quiet second: it ends
+    t.equal(snapshot(app).shedding, false)
+    t.equal((await app.inject('/hold')).statusCode, 200)
+    t.same(lines, ['request completed', 'fastify-admission: shedding stopped', 'incoming request', 'request completed'],
+      'the admitted request that held the permit logs its completion; all lines as usual once shedding stopped')
+    const bare = Fastify(skipOption())
+    t.teardown(() => bare.close())
+    bare.get('/', async () => 'ok')
+    t.equal((await bare.inject('/')).statusCode, 200, 'harmless on an app without the plugin')
   })
-  t.teardown(() => app.close())
-  await app.register(admission, { registry: new Registry(), ...quiet, minLimit: 1, maxLimit: 1, initialLimit: 1 })
-  const release = await holdOnlyPermit(app)
-  t.equal((await app.inject('/hold')).statusCode, 503)
-  app[kAdmissionController].onWindow({ durationMs: 100, elu: 1, delayP99Ms: 5 }, 2e9) // the episode starts
-  lines.length = 0
-  for (let i = 0; i < 10; i++) await app.inject('/hold')
-  t.same(lines, [], 'nothing per request while shedding')
-  await release()
-  app[kAdmissionController].onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, 2e9 + 100) // the 10 refusals
-  app[kAdmissionController].onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, 2e9 + 2000) // a quiet second: it ends
-  t.equal(snapshot(app).shedding, false)
-  t.equal((await app.inject('/hold')).statusCode, 200)
-  t.same(lines, ['request completed', 'fastify-admission: shedding stopped', 'incoming request', 'request completed'],
-    'the admitted request that held the permit logs its completion; all lines as usual once shedding stopped')
-  const bare = Fastify({ disableRequestLogging: skipRequestLogWhileShedding })
-  t.teardown(() => bare.close())
-  bare.get('/', async () => 'ok')
-  t.equal((await bare.inject('/')).statusCode, 200, 'harmless on an app without the plugin')
-})
+}
 
 t.test('regression: skipRequestLogWhileShedding also dropped the error logs of admitted requests', async t => {
   const lines: Array<{ level: number, msg: string }> = []
   const app = Fastify({
-    disableRequestLogging: skipRequestLogWhileShedding,
+    logController: new LogController({ disableRequestLogging: skipRequestLogWhileShedding }),
     logger: { level: 'info', stream: { write: (s: string) => { lines.push(JSON.parse(s)) } } }
   })
   t.teardown(() => app.close())

@@ -1,5 +1,5 @@
 import { expect, test } from 'tstyche'
-import Fastify from 'fastify'
+import Fastify, { LogController } from 'fastify'
 import { Registry } from 'prom-client'
 import { metrics } from '@opentelemetry/api'
 import admission, {
@@ -69,8 +69,9 @@ test('the decorator is a read-only snapshot, possibly absent (an app that did no
   expect(app[kAdmissionController]).type.toBe<AdmissionController>()
 })
 
-test('skipRequestLogWhileShedding fits Fastify\'s disableRequestLogging', () => {
+test('skipRequestLogWhileShedding fits Fastify\'s disableRequestLogging and a LogController', () => {
   expect(Fastify({ disableRequestLogging: skipRequestLogWhileShedding })).type.not.toRaiseError()
+  expect(Fastify({ logController: new LogController({ disableRequestLogging: skipRequestLogWhileShedding }) })).type.not.toRaiseError()
 })
 
 test('per-route config.admission', () => {
