@@ -6,7 +6,6 @@
 // its slow speed for its whole life (lib/warm-ticks.ts), and the variants would differ by that.
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdirSync, rmSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { warmNextTick } from '../lib/warm-ticks.js'
 
@@ -37,12 +36,8 @@ if (variant !== undefined) {
   process.stdin.on('close', () => process.exit(0))
 } else {
   const seconds = Number(process.argv[2] ?? 3)
-  const { build } = await import('esbuild')
-  const dir = fileURLToPath(new URL('./results/tmp/', import.meta.url))
-  mkdirSync(dir, { recursive: true })
-  const bundle = `${dir}hotpath-${process.pid}.mjs`
-  await build({ entryPoints: [fileURLToPath(import.meta.url)], bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', outfile: bundle, logLevel: 'silent' })
-  process.on('exit', () => { rmSync(bundle, { force: true }) })
+  const { bundleScript } = await import('./proc.js')
+  const bundle = await bundleScript(fileURLToPath(import.meta.url), 'hotpath')
   const variants = ['bare', 'admission', 'empty-hook', 'close-listener']
   const totals = new Map<string, number[]>()
   for (let round = 0; round < 3; round++) {

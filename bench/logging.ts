@@ -12,7 +12,7 @@
 // success). Log lines per request come from one extra short run per logging variant, logging to a file.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import http from 'node:http'
 import os from 'node:os'
 import { join } from 'node:path'
@@ -23,7 +23,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import type { FastifyRequest } from 'fastify'
 import { warmNextTick } from '../lib/warm-ticks.js'
-import { commandExists, hasTaskset, installExitHandlers, killAllChildren, pinSelf, runCommand, track } from './proc.js'
+import { bundleScript, commandExists, hasTaskset, installExitHandlers, killAllChildren, pinSelf, runCommand, track } from './proc.js'
 import { median } from './stats.js'
 
 interface Variant {
@@ -211,12 +211,7 @@ async function main (): Promise<void> {
   if (!(seconds >= 1) || !(rounds >= 1) || !(C > 0)) throw new Error('--seconds ≥ 1, --rounds ≥ 1 and --capacity > 0 please')
   if (!commandExists('wrk')) throw new Error('wrk is missing (apt-get install wrk)')
   installExitHandlers()
-  const { build } = await import('esbuild')
-  const tmp = fileURLToPath(new URL('./results/tmp/', import.meta.url))
-  mkdirSync(tmp, { recursive: true })
-  bundle = `${tmp}logging-${process.pid}.mjs`
-  await build({ entryPoints: [script], bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', outfile: bundle, logLevel: 'silent' })
-  process.on('exit', () => { rmSync(bundle, { force: true }) })
+  bundle = await bundleScript(script, 'logging')
   const pinned = os.availableParallelism() >= 2 && hasTaskset() && pinSelf(1)
   console.log(`server CPU per request, wrk -t1 -c50 ${seconds} s × ${rounds} rounds; ${pinned ? 'server on CPU 0, wrk on CPU 1' : 'NOT pinned'}`)
 

@@ -76,9 +76,9 @@ export class LoopTurns {
   #firstRead = -1
   /**
    * Whether refusing a request makes its turn shorter. The accept backlog refuses so that turns are
-   * short and let the waiting connections in; where requests cost little more than their refusals
-   * (a refusal costs about what a hello-world response does), refusing leaves turns as long and only
-   * loses the requests. The controller clears it while the learned capacity says so.
+   * short and let the waiting connections in; where a refusal costs a large share of what a request
+   * does, refusing shortens turns little and loses the requests. The controller clears it while the
+   * learned capacity says so (CHEAP_REQUEST_MS, admission.ts).
    */
   refusalsShorten = true
   /** A connection was accepted in the current turn. */

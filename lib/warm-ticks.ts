@@ -7,10 +7,11 @@
 // fifth less: 68-75 000 against 88-95 000 requests a second. Which speed a process gets is settled
 // when the JIT compiles nextTick. Bare Fastify got the slow one in 32 of 41 processes (six runs); with
 // this plugin registered and no warm-up, in 11 of 13 (two runs). Compiled at start-up after enough
-// calls, nextTick got the fast speed in every process tried: 14 of 14 with this warm-up in the plugin, 42
-// of 42 more (bare, an empty hook, the plugin) with the same warm-up run by the benchmark before
-// them, and 4 of 4 of a smaller server with 5000 or 10 000 calls, against 4 slow of 4 with 2000. The cause inside V8 is not known, and
-// only Node 20 was measured: on other versions the warm-up does nothing.
+// calls, nextTick got the fast speed in every process tried: 14 of 14 with this warm-up in the plugin,
+// 42 of 42 more (bare, an empty hook, the plugin) with the same warm-up run by the benchmark before
+// them, and 4 of 4 of a smaller server with 5000 or 10 000 calls, against 4 slow of 4 with 2000. The
+// cause inside V8 is not known, and only Node 20 was measured: on other versions the warm-up does
+// nothing.
 // It changes nothing else: the callbacks do nothing, and the calls take 1-2 ms. Nothing waits for
 // the ticks to run (a test runner that fakes nextTick would never run them): the calls are what the
 // JIT counts.
