@@ -210,7 +210,7 @@ function seedOf (name: string): number {
 
 async function runOne (s: HardScenario, rate: number, seed: number, contender: Contender): Promise<HardRun> {
   await waitQuiet(5000)
-  const gen = spawnGenerator({ rate, seconds: s.seconds, routes: s.routes, even: false, seed, timeoutMs: TIMEOUT_MS, sloMs: SLO_MS, bucketMs: 250, client: s.client ?? 'undici' })
+  const gen = spawnGenerator({ rate, seconds: s.seconds, routes: s.routes, even: false, seed, timeoutMs: TIMEOUT_MS, sloMs: SLO_MS, bucketMs: Number(process.env.BENCH_BUCKET_MS ?? 250), client: s.client ?? 'undici' })
   let srv: ServerHandle | undefined
   try {
     const start = async (): Promise<{ srv: ServerHandle, upAt: number }> => {

@@ -47,6 +47,14 @@ export const RAMP_FACTOR = 4
 export const TYPICAL_SMOOTHING = 0.05
 /** Busy turns in a row that each accepted a connection before connections count as waiting. */
 export const ACCEPT_RUN = 16
+/**
+ * ... and the share of the interval they must span. A quarter, not half: an idle process hit by a 4x
+ * burst of clients opening connections on demand admitted everything for its first 58 ms (one
+ * connection accepted per 1.2-3 ms turn, then a 29 ms turn of continuations), and the 503s of its
+ * first 0.1 s waited 76-95 ms in the kernel; with a quarter, 43-60 ms, and at 10x 74-210 ms against
+ * 335-348.
+ */
+export const ACCEPT_RUN_SHARE = 0.25
 /** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */
 export const ACCEPT_BUDGET_MS = 0.5
 
@@ -144,13 +152,13 @@ export class LoopTurns {
   }
 
   /**
-   * Connections are waiting to be accepted: the last turns each accepted one for at least half the
-   * interval, the loop never idling. (A client pool opening a few dozen connections at once on a
+   * Connections are waiting to be accepted: the last ACCEPT_RUN turns or more each accepted one, over
+   * at least ACCEPT_RUN_SHARE of the interval, the loop never idling. (A client pool opening a few dozen connections at once on a
    * quiet process is let in within a few turns and is not a backlog.) Never while `refusalsShorten`
    * is false.
    */
   acceptBacklog (): boolean {
-    return this.refusalsShorten && this.#acceptRun >= ACCEPT_RUN && this.#lastEnd - this.#acceptSince >= this.#settings.intervalMs / 2
+    return this.refusalsShorten && this.#acceptRun >= ACCEPT_RUN && this.#lastEnd - this.#acceptSince >= ACCEPT_RUN_SHARE * this.#settings.intervalMs
   }
 
   /**
