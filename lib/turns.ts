@@ -51,8 +51,8 @@ export const ACCEPT_RUN = 16
  * ... and the share of the interval they must span. A quarter, not half: an idle process hit by a 4x
  * burst of clients opening connections on demand admitted everything for its first 58 ms (one
  * connection accepted per 1.2-3 ms turn, then a 29 ms turn of continuations), and the 503s of its
- * first 0.1 s waited 76-95 ms in the kernel; with a quarter, 43-60 ms, and at 10x 74-210 ms against
- * 335-348.
+ * first 0.1 s waited up to 76-81 ms, mostly in the kernel; with a quarter, 50-57 ms, and at 10x
+ * 124-210 ms against 345-348.
  */
 export const ACCEPT_RUN_SHARE = 0.25
 /** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */
