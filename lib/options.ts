@@ -76,7 +76,8 @@ export interface AdmissionOptions {
   turnBudget?: number
   /**
    * How long the loop must stay busy (turns late, or no idle moment) before it counts as overloaded,
-   * milliseconds (10-10000); once in-flight has reached a learned limit, a quarter of it. Shorter reacts
+   * milliseconds (10-10000); once in-flight has reached a learned limit, a quarter of it, and a quarter
+   * of it of turns that each accepted a connection for the accept backlog. Shorter reacts
    * faster to a burst; longer refuses less when random arrivals below capacity bunch up.
    * @defaultValue 100
    */
