@@ -53,6 +53,12 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
       if (p === undefined || p.stats.rejected === 0) continue
       t.byContender[c] = { value: ms(p.stats.rejP99), pass: p.stats.rejP99 !== null && p.stats.rejP99 <= 20 }
     }
+    // Where in the point the slow 503s were: its first second is the step up from the warm-up's 0.3x.
+    const seconds = sweepAt('admission', mult)?.perSecond ?? []
+    const rest = seconds.slice(1).map(w => w.rejP99).filter((v): v is number => v !== null)
+    if (t.byContender.admission?.pass === false && rest.length > 0) {
+      t.reason = `per second of the point: ${ms(seconds[0]?.rejP99 ?? null)} in the first (the step up from the warm-up's 0.3x), then ${ms(Math.min(...rest))} to ${ms(Math.max(...rest))}`
+    }
     out.push(t)
   }
 
