@@ -88,6 +88,9 @@ export const hardScenarios: HardScenario[] = [
   { name: 'await-first-4x', label: 'idle -> 4x burst of a route that awaits first (20 ms I/O, then 2 ms CPU)', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: [{ path: '/work?cpu=0&io=20&cpu2=2' }] }
 ]
 
+/** The timeline's bucket, ms: BENCH_BUCKET_MS (e.g. 20, to see a cold start's first 0.1 s), else 250. */
+const BUCKET_MS = ((v: number) => Number.isFinite(v) && v > 0 ? v : 250)(Number(process.env.BENCH_BUCKET_MS))
+
 export interface Capacities {
   /** /work, requests/s: the SLO-based search of scenarios.ts (or given) */
   work: number
@@ -210,7 +213,7 @@ function seedOf (name: string): number {
 
 async function runOne (s: HardScenario, rate: number, seed: number, contender: Contender): Promise<HardRun> {
   await waitQuiet(5000)
-  const gen = spawnGenerator({ rate, seconds: s.seconds, routes: s.routes, even: false, seed, timeoutMs: TIMEOUT_MS, sloMs: SLO_MS, bucketMs: Number(process.env.BENCH_BUCKET_MS ?? 250), client: s.client ?? 'undici' })
+  const gen = spawnGenerator({ rate, seconds: s.seconds, routes: s.routes, even: false, seed, timeoutMs: TIMEOUT_MS, sloMs: SLO_MS, bucketMs: BUCKET_MS, client: s.client ?? 'undici' })
   let srv: ServerHandle | undefined
   try {
     const start = async (): Promise<{ srv: ServerHandle, upAt: number }> => {

@@ -153,9 +153,9 @@ export class LoopTurns {
 
   /**
    * Connections are waiting to be accepted: the last ACCEPT_RUN turns or more each accepted one, over
-   * at least ACCEPT_RUN_SHARE of the interval, the loop never idling. (A client pool opening a few dozen connections at once on a
-   * quiet process is let in within a few turns and is not a backlog.) Never while `refusalsShorten`
-   * is false.
+   * at least ACCEPT_RUN_SHARE of the interval, the loop never idling. (A client pool opening a few
+   * dozen connections at once on a quiet process is let in within a few turns and is not a backlog.)
+   * Never while `refusalsShorten` is false.
    */
   acceptBacklog (): boolean {
     return this.refusalsShorten && this.#acceptRun >= ACCEPT_RUN && this.#lastEnd - this.#acceptSince >= ACCEPT_RUN_SHARE * this.#settings.intervalMs

@@ -4,8 +4,9 @@ import { build, gate } from './helpers/app.js'
 import { sendRaw, waitFor } from './helpers/sockets.js'
 
 t.test('clients that abort mid-handler give their permits back, exactly once', async t => {
-  // 20 connections at once on a slow, instrumented CI machine can last 16 busy turns and 50 ms: an
-  // accept backlog by the plugin's rule (README, Known limits). This test is about permits.
+  // 20 connections at once on a slow, instrumented CI machine can last 16 busy turns and 25 ms (a
+  // quarter of congestionInterval): an accept backlog by the plugin's rule (README, Known limits). This
+  // test is about permits.
   const { app, controller } = await build(t, { congestionInterval: 10_000 })
   const g = gate()
   let finished = 0
