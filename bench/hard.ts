@@ -89,7 +89,8 @@ export const hardScenarios: HardScenario[] = [
 ]
 
 /** The timeline's bucket, ms: BENCH_BUCKET_MS (e.g. 20, to see a cold start's first 0.1 s), else 250. */
-const BUCKET_MS = ((v: number) => Number.isFinite(v) && v > 0 ? v : 250)(Number(process.env.BENCH_BUCKET_MS))
+const bucketEnv = Number(process.env.BENCH_BUCKET_MS)
+const BUCKET_MS = Number.isFinite(bucketEnv) && bucketEnv > 0 ? bucketEnv : 250
 
 export interface Capacities {
   /** /work, requests/s: the SLO-based search of scenarios.ts (or given) */
