@@ -182,14 +182,16 @@ export const ACCEPT_SHARE = 0.25
 
 /**
  * A learned limit is enforced once in-flight reaches it on a loop busy without an idle moment for this
- * share of the interval, not the whole interval: the limit already leaves room for random arrivals (4
- * standard deviations), so in-flight at it on a busy loop is an overload. At a step from 0.3x to 2x the
- * interval let in-flight climb to 34-46 against a limit of 17-20, and the 503s of the step's first
- * quarter-second waited 62-124 ms at p99 (six runs alone), 32-58 ms in four with this share and the
- * turn rule of #refusesForLoad. The same step to 3x: admitted p99 214-283 ms in its first 0.1 s
- * without it, 65-80 with it (two runs each).
+ * share of the interval (5 ms of the default 100), not the whole interval: the limit already leaves room
+ * for random arrivals (4 standard deviations), so in-flight at it on a busy loop is an overload. At a
+ * step from 0.3x to 2x the interval let in-flight climb to 34-46 against a limit of 17-20, and the 503s
+ * of the step's first quarter-second waited 62-124 ms at p99 (six runs alone), 32-58 ms in four with a
+ * quarter of the interval. A quarter still let a 4x step admit all it read for 25 ms, about 100 ms of
+ * work, and the step's first second read 503 p99 of 29-148 ms (eight runs of the easy sweep's 2x and 4x
+ * points, 2026-11-25); with 5 ms, 19-49 ms over eight runs, 0 refusals in three runs of 0.8x random
+ * arrivals. The busy loop is still required: a slow downstream raises in-flight on an idle loop.
  */
-export const EARLY_SHARE = 0.25
+export const EARLY_SHARE = 0.05
 
 /**
  * A stall's allowance shrinks as a backlog drains at this share of capacity: at loads up to

@@ -380,20 +380,29 @@ t.test('regression: a step to 2x let in-flight climb far past the learned limit 
   const { loop, turns, c } = withTurns()
   learn400(loop, c, 100)
   t.equal(c.limit, 26)
-  t.equal(busyTurns(loop, c, 40), 26, 'the learned limit, enforced once the loop has been busy 25 ms')
+  t.equal(busyTurns(loop, c, 40), 26, 'the learned limit, enforced once the loop has been busy 5 ms')
   t.equal(turns.standing(), false, 'long before the interval')
   t.equal(c.totals.rejected.limit, 14)
 })
 
-t.test('in-flight at the learned limit on a loop busy for less than a quarter of the interval is admitted', async t => {
+t.test('in-flight at the learned limit on a loop busy for less than 5 ms is admitted', async t => {
   const { loop, c } = withTurns()
   learn400(loop, c, 100)
   loop.wait(1)
   for (let i = 0; i < 26; i++) c.acquire(DEFAULT_CLASS)
-  loop.work(21)
+  loop.work(1)
   loop.endTurn()
-  t.equal(busyTurns(loop, c, 4), 4, 'busy 21-24 ms: random arrivals may bunch up that long')
-  t.equal(busyTurns(loop, c, 1), 0, 'busy 25 ms at the end of the last turn: enforced')
+  t.equal(busyTurns(loop, c, 4), 4, 'busy 1-4 ms: random arrivals may bunch up that long')
+  t.equal(busyTurns(loop, c, 1), 0, 'busy 5 ms at the end of the last turn: enforced')
+})
+
+t.test('regression: a step to 4x admitted all it read for the first 25 ms of busy loop (the learned limit waited for a quarter of the interval)', async t => {
+  const { loop, c } = withTurns()
+  learn400(loop, c, 100)
+  loop.wait(1)
+  t.equal(readTurn(loop, c, 30, 0.2), 30, 'one turn reading the step\'s first 30 requests')
+  t.equal(readTurn(loop, c, 1, 1), 0, 'in-flight 30 over the limit of 26 on a loop busy 6 ms: refused')
+  t.equal(c.totals.rejected.limit, 1)
 })
 
 t.test('regression: while the limit bound, a turn of continuations admitted as many requests as they freed (20 ms awaits came back in clumps)', async t => {
