@@ -27,7 +27,8 @@ import { contenders as allContenders, type Contender } from './server.js'
 import type { TargetCheck } from './targets.js'
 import { spawnGenerator, type GenResult } from './generator.js'
 
-export const SYNC_PATH = '/work?cpu=10&io=0&cpu2=0'
+// A route of its own, as a synchronous route is in an application: the plugin learns a cost per route.
+export const SYNC_PATH = '/sync?cpu=10&io=0&cpu2=0'
 const SYNC_CPU_MS = 10
 const SLOW_PATH = '/work?cpu=15&io=400&cpu2=15'
 const SLOW_CPU_MS = 30

@@ -188,6 +188,8 @@ export async function buildServer (contender: Contender): Promise<FastifyInstanc
   }
   app.get('/work', workHandler)
   app.get('/hello', helloHandler)
+  // The same handler (hard.ts gives it a 10 ms synchronous query), for the synchronous route's scenarios.
+  app.get('/sync', workHandler)
   return app
 }
 

@@ -12,6 +12,7 @@ import type {
   RouteOptions
 } from 'fastify'
 import fp from 'fastify-plugin'
+import type { RouteCost } from './costs.js'
 import {
   AdmissionController, DEFAULT_CLASS, type AdmissionSnapshot, type SheddingEvent
 } from './admission.js'
@@ -21,7 +22,7 @@ import { hooksBeforeAdmission } from './hook-order.js'
 import { registerMetrics } from './metrics.js'
 import { registerOpenTelemetry, type OtelHandle } from './otel.js'
 import {
-  controllerSettingsOf, resolveOptions, resolveRouteConfig, turnSettingsOf, type AdmissionOptions, type AdmissionRouteConfig, type ResolvedRouteConfig
+  controllerSettingsOf, resolveOptions, resolveRouteConfig, turnSettingsOf, type AdmissionOptions, type AdmissionRouteConfig
 } from './options.js'
 import { Permits } from './permits.js'
 import { RouteConfigReader } from './route-config.js'
@@ -68,9 +69,13 @@ export const OVERLOADED_CODE = 'FST_ERR_ADMISSION_OVERLOADED'
 /** At most one "shedding started" log line per this long. */
 const LOG_INTERVAL_MS = 10_000
 
-/** The resolved `config.admission` of a route, cached on the route's own config object. */
-const kRouteConfig = Symbol('fastify-admission.route-config')
-type RouteConfigHolder = Record<PropertyKey, unknown> & { [kRouteConfig]?: ResolvedRouteConfig }
+/**
+ * What the plugin keeps per route, cached on the route's own config object: its resolved
+ * `config.admission` and its slot in the cost model.
+ */
+const kRoute = Symbol('fastify-admission.route')
+interface RouteEntry { readonly exempt: boolean, readonly cost: RouteCost }
+type RouteConfigHolder = Record<PropertyKey, unknown> & { [kRoute]?: RouteEntry }
 
 /** On the raw request once decided: whether Fastify's request logging should skip it. */
 const kSkipLog = Symbol('fastify-admission.skip-log')
@@ -104,8 +109,8 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
   const histograms = new Histograms()
   // Also OpenTelemetry's histograms once its instruments are registered (below).
   let recorder: Recorder = histograms
-  const permits = new Permits(function admissionRelease (latencyMs, finished, observed) {
-    controller.release(latencyMs, finished, observed)
+  const permits = new Permits(function admissionRelease (latencyMs, finished, observed, route) {
+    controller.release(latencyMs, finished, observed, route)
     recorder.request('admitted', latencyMs / 1000)
   }, performance.now.bind(performance))
   // Everything that can fail comes before the monitor and the timer start: a failed boot leaves
@@ -152,7 +157,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
 
   function admissionOnRequest (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
     const holder = routeConfigs.read(request) as RouteConfigHolder
-    const route = holder[kRouteConfig] ?? routeConfigOf(holder, request)
+    const route = holder[kRoute] ?? routeOf(holder, request)
     const raw = request.raw as Marked
     if (route.exempt) {
       raw[kSkipLog] = false
@@ -163,7 +168,7 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
       serveMetrics(reply)
       return
     }
-    const outcome = controller.acquire(DEFAULT_CLASS, undefined, ceilings?.veto())
+    const outcome = controller.acquire(DEFAULT_CLASS, undefined, ceilings?.veto(), route.cost)
     raw[kSkipLog] = outcome === 'rejected'
     if (outcome === 'rejected') {
       // Timed here: Fastify keeps no start time without a logger or an onResponse hook (its elapsedTime
@@ -185,15 +190,17 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
       recorder.request('rejected', (performance.now() - refusedAt) / 1000)
       return
     }
-    permits.hold(raw, reply.raw, reply, outcome === 'observed')
+    permits.hold(raw, reply.raw, reply, outcome === 'observed', route.cost)
     done()
   }
 
   // A route declared after registration is validated in onRoute (fails at boot); one declared before
   // (an unawaited register) at its first request.
-  function routeConfigOf (holder: RouteConfigHolder, request: FastifyRequest): ResolvedRouteConfig {
-    const route = resolveRouteConfig(holder.admission, `${request.method} ${String(holder.url ?? request.url)}`)
-    holder[kRouteConfig] = route
+  function routeOf (holder: RouteConfigHolder, request: FastifyRequest): RouteEntry {
+    const config = resolveRouteConfig(holder.admission, `${request.method} ${String(holder.url ?? request.url)}`)
+    // An exempt route holds no permit: it needs no cost of its own.
+    const route: RouteEntry = { exempt: config.exempt, cost: config.exempt ? controller.costs.shared : controller.costs.register() }
+    holder[kRoute] = route
     return route
   }
 

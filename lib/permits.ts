@@ -10,12 +10,15 @@
 //     gives its permit back once its headers are out or its reply is hijacked.
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { RouteCost } from './costs.js'
 
 /** When the permit was taken (the clock's milliseconds). */
 const kStart = Symbol('fastify-admission.start')
 /** The reply's view the sweep needs, and whether the permit came from an observed decision. */
 const kReply = Symbol('fastify-admission.reply')
 const kObserved = Symbol('fastify-admission.observed')
+/** The route's slot in the cost model. */
+const kRoute = Symbol('fastify-admission.route')
 /** Neighbours in the list of held permits; undefined once the permit is given back. */
 const kPrev = Symbol('fastify-admission.prev')
 const kNext = Symbol('fastify-admission.next')
@@ -34,13 +37,14 @@ interface Held extends ServerResponse, Link {
   [kStart]: number
   [kReply]: ReplyState
   [kObserved]: boolean
+  [kRoute]: RouteCost | undefined
 }
 
 /**
  * Told once per permit. `latencyMs` from admission to the end; `finished` = the response was sent in
  * full (a sample of the request's cost), false for aborts, streams and upgrades.
  */
-export type ReleaseFn = (latencyMs: number, finished: boolean, observed: boolean) => void
+export type ReleaseFn = (latencyMs: number, finished: boolean, observed: boolean, route: RouteCost | undefined) => void
 
 export class Permits {
   /**
@@ -67,10 +71,10 @@ export class Permits {
   }
 
   /** Hold a permit (already counted by the decision) until the response ends. */
-  hold (req: IncomingMessage, res: ServerResponse, reply: ReplyState, observed: boolean): void {
+  hold (req: IncomingMessage, res: ServerResponse, reply: ReplyState, observed: boolean, route?: RouteCost): void {
     if (res.destroyed || req.socket?.destroyed === true) {
       // A client already gone will never make 'close' fire again.
-      this.#release(0, false, observed)
+      this.#release(0, false, observed, route)
       return
     }
     const held = res as Held
@@ -79,6 +83,7 @@ export class Permits {
     held[kStart] = this.#now()
     held[kReply] = reply
     held[kObserved] = observed
+    held[kRoute] = route
     held[kPrev] = last
     held[kNext] = head
     last[kNext] = held
@@ -124,6 +129,6 @@ export class Permits {
     next[kPrev] = prev
     res[kPrev] = undefined
     res[kNext] = undefined
-    this.#release(this.#now() - res[kStart], finished, res[kObserved])
+    this.#release(this.#now() - res[kStart], finished, res[kObserved], res[kRoute])
   }
 }

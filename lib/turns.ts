@@ -58,6 +58,14 @@ export const ACCEPT_RUN_SHARE = 0.25
 /** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */
 export const ACCEPT_BUDGET_MS = 0.5
 
+/** Smoothing of a route's run at admission, per request. */
+export const PREFIX_SMOOTHING = 0.05
+
+/** What a route's requests run when admitted, before the loop goes on, ms (smoothed; -1 = not yet). */
+export interface RunAtAdmission {
+  prefixMs: number
+}
+
 export class LoopTurns {
   readonly #settings: TurnSettings
   readonly #clock: TurnClock
@@ -89,6 +97,11 @@ export class LoopTurns {
    * learned capacity says so (CHEAP_REQUEST_MS, admission.ts).
    */
   refusalsShorten = true
+  /** When the last request was read (overBudget's clock reading), ms. */
+  readAt = 0
+  /** The route of the request admitted last, whose run at admission ends at the next read or turn end. */
+  #pending: RunAtAdmission | undefined
+  #pendingAt = 0
   /** A connection was accepted in the current turn. */
   #accepted = false
   /** Busy turns in a row that each accepted a connection, and when the first of them began. */
@@ -111,6 +124,8 @@ export class LoopTurns {
    */
   overBudget (): boolean {
     const now = this.#clock.now()
+    this.readAt = now
+    if (this.#pending !== undefined) this.#measure(now)
     if (!this.#open) this.#openTurn(now)
     if (this.#firstRead < 0) this.#firstRead = now
     const elapsed = now - this.#firstRead
@@ -195,8 +210,25 @@ export class LoopTurns {
     }
   }
 
+  /**
+   * The request just read was admitted: how long it runs before the loop reads on (or the turn ends)
+   * is measured into its route's `prefixMs`.
+   */
+  admitted (route: RunAtAdmission): void {
+    this.#pending = route
+    this.#pendingAt = this.readAt
+  }
+
+  #measure (now: number): void {
+    const route = this.#pending as RunAtAdmission
+    const ms = now - this.#pendingAt
+    route.prefixMs = route.prefixMs < 0 ? ms : route.prefixMs + PREFIX_SMOOTHING * (ms - route.prefixMs)
+    this.#pending = undefined
+  }
+
   #close (): void {
     const now = this.#clock.now()
+    if (this.#pending !== undefined) this.#measure(now)
     const length = now - this.#start
     this.#open = false
     this.#firstRead = -1

@@ -1,8 +1,9 @@
 import t from 'tap'
 import {
-  AdmissionController, CHEAP_REQUEST_MS, DEFAULT_CLASS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
+  AdmissionController, CHEAP_REQUEST_MS, DEFAULT_CLASS, PACED_MIN_COST_MS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
   type ControllerSettings, type WindowReport
 } from '../lib/admission.js'
+import type { RouteCost } from '../lib/costs.js'
 import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
 
@@ -418,6 +419,96 @@ t.test('regression: while the limit bound, a turn of continuations admitted as m
   for (let i = 0; i < 10; i++) c.release(22, true)
   loop.work(6)
   t.equal(readTurn(loop, c, 10, 0.05), 0, 'the window after a binding one still spreads them')
+})
+
+/**
+ * Requests of `route` read one per turn after 0.2 ms idle, each running `runMs` when admitted and the
+ * rest of 1 ms after the turn (a continuation); the outcomes.
+ */
+function spacedReads (loop: FakeLoop, c: AdmissionController, route: RouteCost, n: number, runMs = 1): string {
+  let outcomes = ''
+  for (let i = 0; i < n; i++) {
+    loop.wait(0.2)
+    outcomes += c.acquire(DEFAULT_CLASS, undefined, undefined, route) === 'admitted' ? 'a' : '.'
+    loop.work(runMs)
+    loop.endTurn()
+    loop.work(1 - runMs)
+  }
+  return outcomes
+}
+
+/** Learned 400/s (a request costs 2.5 ms of loop), the limit of 26 bound in this window, 20 permits free again. */
+function bound (loop: FakeLoop, c: AdmissionController): void {
+  learn400(loop, c, 100)
+  c.onWindow(busy, 200)
+  readTurn(loop, c, 30, 0.05)
+  for (let i = 0; i < 20; i++) c.release(22, true)
+}
+
+t.test('regression: while the limit bound, the permits freed went to arrivals read one after another at twice capacity, and came back as trains', async t => {
+  const { loop, c } = withTurns()
+  bound(loop, c)
+  t.equal(c.costs.meanMs, 2.5)
+  t.equal(c.totals.rejected.limit, 4, 'the limit bound')
+  const work = c.costs.register()
+  work.prefixMs = 1 // half its cost runs when admitted (1 ms, an await, 1 ms)
+  // 20 arrivals 1.2 ms apart: 24 ms hold 1.3 x 24 = 31 ms of loop, plus the burst of 5.
+  const paced = spacedReads(loop, c, work, 20)
+  t.equal(paced, 'aaaaaa.a.aa.aa.a.aa.', 'the burst, then spaced by the cost at 1.3 times the pace of the loop')
+  t.equal(c.totals.rejected.limit, 4 + 6, 'refused as the limit refuses')
+  t.ok(Math.abs(work.prefixMs - 1) < 1e-9, 'its run at admission, measured')
+})
+
+t.test('a route that awaits before it works is not paced: its run at admission is measured', async t => {
+  for (const prefixMs of [-1, 1]) {
+    const { loop, c } = withTurns()
+    bound(loop, c)
+    const route = c.costs.register()
+    route.prefixMs = prefixMs
+    let outcomes = ''
+    for (let chunk = 0; chunk < 3; chunk++) {
+      const reads = spacedReads(loop, c, route, 20, 0)
+      for (let i = 0; i < reads.split('a').length - 1; i++) c.release(22, true)
+      outcomes += reads
+    }
+    t.equal(outcomes.slice(-20), 'a'.repeat(20), `from ${prefixMs} ms: ${outcomes}`)
+    t.ok(route.prefixMs < 0.625, `measured ${route.prefixMs} ms`)
+  }
+})
+
+t.test('nothing is paced while the limit does not bind, before a cost is known, on a cheap route, or in observe mode', async t => {
+  const { loop, c } = withTurns()
+  learn400(loop, c, 100)
+  const route = c.costs.register()
+  route.prefixMs = 1
+  t.equal(spacedReads(loop, c, route, 20), 'a'.repeat(20), 'no refusal in this window or the last')
+
+  const cold = withTurns({ initialLimit: 50 })
+  cold.c.onWindow(busy, 100)
+  t.equal(cold.c.costs.meanMs, 0)
+  t.equal(readTurn(cold.loop, cold.c, 60, 0.05), 50, 'the initial limit binds')
+  for (let i = 0; i < 20; i++) cold.c.release(22, true)
+  const unknown = cold.c.costs.register()
+  unknown.prefixMs = 1
+  t.equal(spacedReads(cold.loop, cold.c, unknown, 20), 'a'.repeat(20), 'no cost known')
+
+  const cheap = withTurns()
+  bound(cheap.loop, cheap.c)
+  const hello = cheap.c.costs.register()
+  for (let w = 0; w < 20; w++) {
+    hello.completed = 100 + w % 7
+    cheap.c.costs.learn(0.05 * hello.completed, 0, 2.5)
+  }
+  t.ok(cheap.c.costs.costOf(hello) < PACED_MIN_COST_MS, `${cheap.c.costs.costOf(hello)} ms`)
+  hello.prefixMs = 0.05
+  t.equal(spacedReads(cheap.loop, cheap.c, hello, 20), 'a'.repeat(20), 'a route under PACED_MIN_COST_MS')
+
+  const observe = withTurns({ mode: 'observe' })
+  bound(observe.loop, observe.c)
+  t.equal(observe.c.totals.observed.limit, 4, 'the limit bound')
+  const watched = observe.c.costs.register()
+  watched.prefixMs = 1
+  t.equal(spacedReads(observe.loop, observe.c, watched, 20), 'a'.repeat(20), 'observe mode')
 })
 
 /** Ends a turn that read nothing, so that what the loop runs next counts towards the next turn. */

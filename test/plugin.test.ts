@@ -4,7 +4,8 @@ import { Registry } from 'prom-client'
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import admission, { admission as named, kAdmissionController, OVERLOADED_CODE, WINDOW_CHANNEL, type WindowReport } from '../lib/index.js'
 import { build, gate, saturate, snapshot, turns } from './helpers/app.js'
-import { portOf } from './helpers/sockets.js'
+import { request } from 'undici'
+import { portOf, until } from './helpers/sockets.js'
 import { DEFAULT_CLASS } from '../lib/admission.js'
 
 t.test('exports: default and named are the same fastify-plugin wrapped plugin', async t => {
@@ -53,6 +54,24 @@ t.test('over the limit under pressure: 503 at once, Retry-After, JSON body, hand
   await turns()
   t.equal(app.admission?.inflight, 0)
   t.equal((await app.inject('/slow')).statusCode, 200, 'admitted again once the permit is back')
+})
+
+t.test('each route has its slot in the cost model and counts its completions there; an exempt route has none', async t => {
+  const { app, controller } = await build(t)
+  app.get('/a', async () => ({ a: 1 }))
+  app.get('/b', async () => ({ b: 1 }))
+  app.get('/x', { config: { admission: { exempt: true } } }, async () => ({ x: 1 }))
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  // Over a socket: injected responses did not count as finished here.
+  for (const url of ['/a', '/b', '/a', '/x', '/a', '/x']) {
+    const res = await request(`http://127.0.0.1:${portOf(app)}${url}`)
+    t.equal(res.statusCode, 200)
+    await res.body.text()
+  }
+  await until(() => controller.inflight === 0)
+  t.same(controller.costs.slots.map(slot => slot.completed), [0, 3, 1], 'the shared slot, /a, /b')
+  controller.onWindow({ durationMs: 100, elu: 0.1, delayP99Ms: 0 }, 1e9)
+  t.same(controller.costs.slots.map(slot => [slot.completed, slot.seen]), [[0, 0], [0, 3], [0, 1]], 'learned from, counted as seen')
 })
 
 t.test('statusCode 429 option', async t => {
