@@ -405,8 +405,8 @@ export class AdmissionController {
    * limit is enforced from a window under pressure, a loop busy for the interval (for EARLY_SHARE of it
    * once in-flight reaches a learned limit), or an accept backlog, until a window without pressure; a
    * stall's backlog is let in over it. While the limit binds (in this window or the last one), a turn
-   * admits only until it has run its budget, counted from the turn's start. Nothing is refused
-   * during the startup grace.
+   * admits only until it has run its budget, counted from the turn's start, and admissions are paced
+   * by their cost (#paced). Nothing is refused during the startup grace.
    */
   #refusesForLoad (route: RouteCost | undefined): boolean {
     const turns = this.#turns

@@ -21,7 +21,7 @@
 
 /** A route's slot in the cost model; the plugin keeps one per route and counts its completions here. */
 export interface RouteCost {
-  /** Index in the model (0 = the shared slot of routes beyond MAX_ROUTES). */
+  /** Index in the model (0 = the shared slot: routes beyond MAX_ROUTES, and exempt routes). */
   readonly index: number
   /** Requests of this route finished normally in the current window. */
   completed: number
@@ -47,7 +47,7 @@ export const PRIOR_VARIANCE = 1
  * longer finishes requests by 2 % a window, without bound otherwise.
  */
 export const MAX_VARIANCE = PRIOR_VARIANCE
-/** A route's cost is never taken below this, ms: a refusal already costs about this much. */
+/** A route's cost is never taken below this, ms (a fit can go to 0 or below). */
 export const COST_FLOOR_MS = 0.005
 /** What a refusal costs the loop, ms (measured 15-60 µs on this project's machine). */
 export const REFUSAL_MS = 0.03
