@@ -499,7 +499,7 @@ t.test('nothing is paced while the limit does not bind, before a cost is known, 
     light.completed = 100 + w % 7
     cheap.c.costs.learn(0.9 * light.completed, 0, 2.5)
   }
-  t.ok(Math.abs(cheap.c.costs.costOf(light) - 0.9) < 0.01 && 0.9 < PACED_MIN_COST_MS, `${cheap.c.costs.costOf(light)} ms`)
+  t.ok(Math.abs(cheap.c.costs.costOf(light) - 0.9) < 0.01 && PACED_MIN_COST_MS > 0.9, `${cheap.c.costs.costOf(light)} ms`)
   light.prefixMs = 0.24
   // 20 read in one turn, 0.24 ms each: 18 ms of cost against a burst of 5, within the turn's budget.
   let outcomes = ''
