@@ -188,8 +188,8 @@ export const ACCEPT_SHARE = 0.25
  * step from 0.3x to 2x the interval let in-flight climb to 34-46 against a limit of 17-20, and the 503s
  * of the step's first quarter-second waited 62-124 ms at p99 (six runs alone), 32-58 ms in four with a
  * quarter of the interval. A quarter still let a 4x step admit all it read for 25 ms, about 100 ms of
- * work, and the step's first second read 503 p99 of 29-148 ms (eight runs of the easy sweep's 2x and 4x
- * points, 2026-11-25); with 5 ms, 19-49 ms over eight runs, 0 refusals in three runs of 0.8x random
+ * work, and the step's first second read 503 p99 of 28-148 ms (eleven runs of the easy sweep's 2x and
+ * 4x points, 2026-11-25); with 5 ms, 19-49 ms over five, 0 refusals in three runs of 0.8x random
  * arrivals. The busy loop is still required: a slow downstream raises in-flight on an idle loop.
  */
 export const EARLY_SHARE = 0.05
@@ -230,7 +230,7 @@ export const PACE_BURST = 2
  * process warms up, runs behind the truth: a fresh hello-world process under a closed loop of 50
  * connections (its requests costing 0.3-0.36 ms by the estimate in its first second, a tenth of that
  * once warm) had 2186-2455 requests refused in its first second when they were paced, 962-1026 without
- * the pace (three runs each). Paced with a burst of 2 hello-world requests (23 µs), its seven 3 s
+ * the pace (four and six runs). Paced with a burst of 2 hello-world requests (23 µs), its seven 3 s
  * warm-ups in the hello-world benchmark had 407 540 refused, and its 2 s rounds 7430, against 5227-6076
  * and none before the pace.
  */
@@ -240,7 +240,7 @@ export const PACED_MIN_COST_MS = 1
  * after an await (a query first) has its continuations spaced as its admissions are, but at a pace above
  * capacity they still overlap into trains, during which the loop reads nothing and the pace's burst
  * caps what it may catch up: an idle process hit by a 4x burst of such a route served 62-64 % of
- * capacity paced (three runs), 88-90 % with this gate (two), against 92-95 % before pacing.
+ * capacity paced (four runs), 88-92 % with this gate (four), against 92-95 % before pacing.
  */
 export const PACED_SHARE = 0.25
 

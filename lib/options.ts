@@ -76,7 +76,7 @@ export interface AdmissionOptions {
   turnBudget?: number
   /**
    * How long the loop must stay busy (turns late, or no idle moment) before it counts as overloaded,
-   * milliseconds (10-10000); a quarter of it once in-flight has reached a learned limit. The accept
+   * milliseconds (10-10000); a twentieth of it once in-flight has reached a learned limit. The accept
    * backlog needs 16 turns that each accepted a connection spanning a quarter of it. Shorter reacts
    * faster to a burst; longer refuses less when random arrivals below capacity bunch up.
    * @defaultValue 100
