@@ -99,9 +99,11 @@ export class LoopTurns {
   refusalsShorten = true
   /** When the last request was read (overBudget's clock reading), ms. */
   readAt = 0
-  /** The route of the request admitted last, whose run at admission ends at the next read or turn end. */
+  /**
+   * The route of the request admitted last, read at `readAt`: its run at admission ends at the next read
+   * or at the turn's end.
+   */
   #pending: RunAtAdmission | undefined
-  #pendingAt = 0
   /** A connection was accepted in the current turn. */
   #accepted = false
   /** Busy turns in a row that each accepted a connection, and when the first of them began. */
@@ -124,8 +126,8 @@ export class LoopTurns {
    */
   overBudget (): boolean {
     const now = this.#clock.now()
-    this.readAt = now
     if (this.#pending !== undefined) this.#measure(now)
+    this.readAt = now
     if (!this.#open) this.#openTurn(now)
     if (this.#firstRead < 0) this.#firstRead = now
     const elapsed = now - this.#firstRead
@@ -216,12 +218,11 @@ export class LoopTurns {
    */
   admitted (route: RunAtAdmission): void {
     this.#pending = route
-    this.#pendingAt = this.readAt
   }
 
   #measure (now: number): void {
     const route = this.#pending as RunAtAdmission
-    const ms = now - this.#pendingAt
+    const ms = now - this.readAt
     route.prefixMs = route.prefixMs < 0 ? ms : route.prefixMs + PREFIX_SMOOTHING * (ms - route.prefixMs)
     this.#pending = undefined
   }
