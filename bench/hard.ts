@@ -19,7 +19,7 @@ import { capacityLine, checkHardTargets, fmtMs, markdownReport, printHard } from
 import { runClosedLoop, type Route } from './open-loop.js'
 import {
   cpuSnapshot, foreignLoad, hasTaskset, installExitHandlers, interference, killAllChildren, listenDrops, pidAlive, pinSelf,
-  prepareServerBundle, setQuietBudget, startServer, waitQuiet, type Interference, type ServerHandle
+  prepareServerBundle, setQuietBudget, startDownstream, startServer, waitQuiet, type DownstreamHandle, type Interference, type ServerHandle
 } from './proc.js'
 import { gitState, isoDate } from './results.js'
 import { measureCapacity, pct100, serverInfo, type BenchConfig, type CapacityResult, type ServerInfo } from './scenarios.js'
@@ -57,6 +57,8 @@ export interface HardScenario {
    * through Fastify can do here, the measured reason when a 503 or goodput target is out of reach
    */
   floor?: boolean
+  /** the handlers' awaits are queries to a database stand-in in a process of its own (downstream.ts) */
+  downstream?: boolean
 }
 
 export const mixRoutes: Route[] = [
@@ -86,7 +88,12 @@ export const hardScenarios: HardScenario[] = [
   // The same CPU per request as /work (2 ms), all of it after the await (a query, then serialisation):
   // no target; it keeps a rule that costs what a request does in the turn that reads it honest (such a
   // rule, tried on 2026-11-24, saw only the work before the first await). /work's capacity applies.
-  { name: 'await-first-4x', label: 'idle -> 4x burst of a route that awaits first (20 ms I/O, then 2 ms CPU)', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: [{ path: '/work?cpu=0&io=20&cpu2=2' }] }
+  { name: 'await-first-4x', label: 'idle -> 4x burst of a route that awaits first (20 ms I/O, then 2 ms CPU)', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: [{ path: '/work?cpu=0&io=20&cpu2=2' }] },
+  // The same with the await a query over a socket (downstream.ts): its reply is read in the poll phase,
+  // among new requests, as a database driver's is. A timer's await resumes in the timers phase, apart
+  // from them. /work's capacity applies (measured with timers).
+  { name: 'await-first-4x-db', label: 'idle -> 4x burst of a route that awaits a query first (20 ms over a socket, then 2 ms CPU)', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: [{ path: '/work?cpu=0&io=20&cpu2=2' }], downstream: true },
+  { name: 'burst-4x-db', label: 'idle -> 4x burst of /work, its await a query over a socket', base: 'work', mult: 4, seconds: 8, start: 'idle', routes: work, downstream: true }
 ]
 
 /** The timeline's bucket, ms: BENCH_BUCKET_MS (e.g. 20, to see a cold start's first 0.1 s), else 250. */
@@ -217,9 +224,12 @@ async function runOne (s: HardScenario, rate: number, seed: number, contender: C
   await waitQuiet(5000)
   const gen = spawnGenerator({ rate, seconds: s.seconds, routes: s.routes, even: false, seed, timeoutMs: TIMEOUT_MS, sloMs: SLO_MS, bucketMs: BUCKET_MS, client: s.client ?? 'undici' })
   let srv: ServerHandle | undefined
+  let db: DownstreamHandle | undefined
   try {
+    if (s.downstream === true) db = await startDownstream()
+    const env = { ...s.env, ...(db !== undefined ? { BENCH_DOWNSTREAM_PORT: String(db.port) } : {}) }
     const start = async (): Promise<{ srv: ServerHandle, upAt: number }> => {
-      const h = await startServer({ contender, ...(s.env !== undefined ? { env: s.env } : {}) })
+      const h = await startServer({ contender, env })
       return { srv: h, upAt: performance.now() }
     }
     let upAt: number
@@ -256,6 +266,7 @@ async function runOne (s: HardScenario, rate: number, seed: number, contender: C
   } finally {
     gen.stop()
     await srv?.stop()
+    db?.stop()
   }
 }
 

@@ -59,6 +59,27 @@ export async function prepareServerBundle (): Promise<string | undefined> {
   return serverBundle
 }
 
+const downstreamScript = fileURLToPath(new URL('./downstream.ts', import.meta.url))
+
+/** The database stand-in of downstream.ts: its port, and a stop that kills it. */
+export interface DownstreamHandle { port: number, stop: () => void }
+
+/** Starts downstream.ts's stand-in pinned to `cpu` (the load generator's core by default); resolves once it listens. */
+export async function startDownstream (cpu = 1): Promise<DownstreamHandle> {
+  const args = ['--import', tsxImport, downstreamScript]
+  const [cmd, argv] = hasTaskset() ? ['taskset', ['-c', String(cpu), process.execPath, ...args]] : [process.execPath, args]
+  const child = spawn(cmd, argv as string[], { stdio: ['pipe', 'pipe', 'inherit'] })
+  track(child)
+  const stop = (): void => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') }
+  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream })
+  const port = await new Promise<number>((resolve, reject) => {
+    const limit = setTimeout(() => { stop(); reject(new Error('the downstream stand-in did not start in 10 s')) }, 10000)
+    child.once('exit', code => { clearTimeout(limit); reject(new Error(`the downstream stand-in exited (${String(code)})`)) })
+    lines.once('line', line => { clearTimeout(limit); resolve((JSON.parse(line) as { port: number }).port) })
+  })
+  return { port, stop }
+}
+
 let tasksetChecked: boolean | undefined
 export function hasTaskset (): boolean {
   if (tasksetChecked === undefined) {

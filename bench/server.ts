@@ -21,6 +21,8 @@
 // BENCH_WINDOW_TRACE=FILE (admission): every sampling window's report (the plugin's diagnostics
 // channel: arrivals, refusals, completions, limit, enforced, late turns) as a JSON line in FILE.
 // /work?io=0 skips the await: with cpu2=0 as well the handler is one synchronous block of CPU work.
+// BENCH_DOWNSTREAM_PORT=n: the io wait is a query to downstream.ts's database stand-in on that port (a
+// socket round trip, read in the poll phase as a driver's reply is) instead of a timer.
 import { subscribe } from 'node:diagnostics_channel'
 import { createWriteStream } from 'node:fs'
 import { monitorEventLoopDelay, performance, type EventLoopUtilization } from 'node:perf_hooks'
@@ -30,6 +32,7 @@ import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import fp from 'fastify-plugin'
 import { warmNextTick } from '../lib/warm-ticks.js'
+import { DownstreamPool } from './downstream.js'
 import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 
 export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission', 'refuse-all', 'empty-hook'] as const
@@ -87,13 +90,16 @@ function numberParam (v: unknown, fallback: number): number {
 
 interface WorkQuery { cpu?: string, io?: string, cpu2?: string }
 
+/** The database stand-in's connections (BENCH_DOWNSTREAM_PORT), or undefined: the io wait is a timer. */
+let downstream: DownstreamPool | undefined
+
 async function workHandler (request: FastifyRequest<{ Querystring: WorkQuery }>, reply: FastifyReply): Promise<{ ok: true }> {
   const q = request.query
   const cpu = numberParam(q.cpu, 1)
   const io = numberParam(q.io, 20)
   const cpu2 = numberParam(q.cpu2, cpu)
   burnCpu(cpu)
-  if (io > 0) await sleep(io)
+  if (io > 0) await (downstream !== undefined ? downstream.query(io) : sleep(io))
   burnCpu(cpu2)
   return { ok: true }
 }
@@ -141,6 +147,8 @@ export async function buildServer (contender: Contender): Promise<FastifyInstanc
   // The plugin warms nextTick itself at registration: the admission contender runs that, not this.
   if (process.env.BENCH_WARM_TICKS !== '0' && contender !== 'admission') warmNextTick()
   const app = Fastify({ logger: loggerOption() })
+  const downstreamPort = numberParam(process.env.BENCH_DOWNSTREAM_PORT, 0)
+  if (downstreamPort > 0 && downstream === undefined) downstream = await DownstreamPool.connect(downstreamPort)
   switch (contender) {
     case 'bare':
       break
