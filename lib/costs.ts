@@ -9,7 +9,8 @@
 // requests differ a thousandfold in cost (a 12 µs hello-world route, a 10 ms synchronous one), and a
 // pace in requests per second served such an app 67 % of its capacity against 84 % without it. Only
 // routes that run a good share of their cost when admitted, and cost a millisecond or more, are paced
-// (admission.ts: PACED_SHARE, PACED_MIN_COST_MS); the turns measure that share (turns.ts: prefixMs).
+// (admission.ts: PACED_SHARE, PACED_MIN_COST_MS); the turns measure that share (turns.ts: runMinMs,
+// smoothed here into prefixMs).
 //
 // How a route's cost is learned: a window's busy loop time is the sum of what the requests finished in
 // it cost, plus what its refusals cost. Recursive least squares fits those costs, one per route, over
@@ -27,8 +28,13 @@ export interface RouteCost {
   completed: number
   /** Requests of this route finished since start: how much its figure rests on. */
   seen: number
-  /** Loop time a request of this route runs when admitted, before the loop reads on, ms (smoothed). */
+  /**
+   * Loop time a request of this route runs when admitted, before the loop reads on, ms: each window's
+   * shortest run (runMinMs), smoothed over windows; -1 while none was measured.
+   */
   prefixMs: number
+  /** The shortest run at admission of the current window, ms (Infinity while none; turns.ts). */
+  runMinMs: number
 }
 
 /** Routes that get a cost of their own; later ones share one slot. */
@@ -49,6 +55,8 @@ export const PRIOR_VARIANCE = 1
 export const MAX_VARIANCE = PRIOR_VARIANCE
 /** A route's cost is never taken below this, ms (a fit can go to 0 or below). */
 export const COST_FLOOR_MS = 0.005
+/** Smoothing of a route's run at admission, per window that measured one. */
+export const RUN_SMOOTHING = 0.3
 /** What a refusal costs the loop, ms (measured 15-60 µs on this project's machine). */
 export const REFUSAL_MS = 0.03
 
@@ -69,7 +77,7 @@ export class CostModel {
 
   constructor () {
     // A route's uncertainty starts at its first completions (#start); until then it takes no part.
-    this.shared = { index: 0, completed: 0, seen: 0, prefixMs: -1 }
+    this.shared = { index: 0, completed: 0, seen: 0, prefixMs: -1, runMinMs: Infinity }
     this.#slots.push(this.shared)
   }
 
@@ -82,7 +90,7 @@ export class CostModel {
   register (): RouteCost {
     const index = this.#slots.length
     if (index >= DIMENSIONS) return this.shared
-    const slot: RouteCost = { index, completed: 0, seen: 0, prefixMs: -1 }
+    const slot: RouteCost = { index, completed: 0, seen: 0, prefixMs: -1, runMinMs: Infinity }
     this.#slots.push(slot)
     return slot
   }
@@ -98,7 +106,7 @@ export class CostModel {
 
   /**
    * Learn from one window: `busyMs` of busy loop, `refused` refusals, and each route's completions
-   * (read from the slots and reset). `meanMs` is the mean cost the capacity gives, the prior of a route
+   * and shortest run at admission (read from the slots and reset). `meanMs` is the mean cost the capacity gives, the prior of a route
    * still unknown to the model.
    */
   learn (busyMs: number, refused: number, meanMs: number): void {
@@ -110,6 +118,11 @@ export class CostModel {
     x.fill(0)
     let any = false
     for (const slot of this.#slots) {
+      const run = slot.runMinMs
+      if (run < Infinity) {
+        slot.prefixMs = slot.prefixMs < 0 ? run : slot.prefixMs + RUN_SMOOTHING * (run - slot.prefixMs)
+        slot.runMinMs = Infinity
+      }
       const n = slot.completed
       if (n === 0) continue
       if (slot.seen === 0) this.#start(slot.index)

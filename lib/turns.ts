@@ -58,12 +58,14 @@ export const ACCEPT_RUN_SHARE = 0.25
 /** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */
 export const ACCEPT_BUDGET_MS = 0.5
 
-/** Smoothing of a route's run at admission, per request. */
-export const PREFIX_SMOOTHING = 0.05
-
-/** What a route's requests run when admitted, before the loop goes on, ms (smoothed; -1 = not yet). */
+/**
+ * Where a route's runs at admission are kept: the shortest of the current window, ms (Infinity while
+ * none). The shortest, not a mean: whatever else runs between two reads in the poll phase (a database
+ * driver's replies and the continuations they resume, other requests' work) is charged to the request
+ * read first, so a run can only be longer than the request's own; the shortest of a window is its own.
+ */
 export interface RunAtAdmission {
-  prefixMs: number
+  runMinMs: number
 }
 
 export class LoopTurns {
@@ -214,7 +216,7 @@ export class LoopTurns {
 
   /**
    * The request just read was admitted: how long it runs before the loop reads on (or the turn ends)
-   * is measured into its route's `prefixMs`.
+   * is measured into its route's `runMinMs`.
    */
   admitted (route: RunAtAdmission): void {
     this.#pending = route
@@ -223,7 +225,7 @@ export class LoopTurns {
   #measure (now: number): void {
     const route = this.#pending as RunAtAdmission
     const ms = now - this.readAt
-    route.prefixMs = route.prefixMs < 0 ? ms : route.prefixMs + PREFIX_SMOOTHING * (ms - route.prefixMs)
+    if (ms < route.runMinMs) route.runMinMs = ms
     this.#pending = undefined
   }
 

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { CostModel, COST_FLOOR_MS, MAX_ROUTES, MIN_SEEN, Pace, REFUSAL_MS, type RouteCost } from '../lib/costs.js'
+import { CostModel, COST_FLOOR_MS, MAX_ROUTES, MIN_SEEN, Pace, REFUSAL_MS, RUN_SMOOTHING, type RouteCost } from '../lib/costs.js'
 
 /** A fixed sequence of counts around `mean` (a deterministic stand-in for how completions vary). */
 function counts (mean: number, window: number, phase: number): number {
@@ -101,6 +101,27 @@ t.test('routes beyond MAX_ROUTES share one slot', async t => {
   t.notOk(own.includes(model.shared))
   t.equal(model.register(), model.shared)
   t.equal(model.register(), model.shared)
+})
+
+t.test('regression: a route that awaits a query first was paced when replies read between two requests were charged to it', async t => {
+  // The runs the turns measured for such a route at 4x with a database stand-in: 0.02 ms of its own,
+  // and now and then a few driver replies and their continuations (2-3 ms). A smoothed mean of every
+  // run read 0.02-2.9 ms and crossed PACED_SHARE of its 2.2 ms cost; the shortest of each window does not.
+  const model = new CostModel()
+  const route = model.register()
+  t.equal(route.prefixMs, -1, 'nothing measured yet')
+  model.learn(0, 0, 2)
+  t.equal(route.prefixMs, -1, 'a window without a run measures nothing')
+  const runs = [[0.02, 2.6, 2.9], [3.1, 0.03, 0.02], [0.02, 0.02, 2.2]]
+  for (const window of runs) {
+    for (const ms of window) route.runMinMs = Math.min(route.runMinMs, ms)
+    model.learn(0, 0, 2)
+    t.equal(route.runMinMs, Infinity, 'each window starts anew')
+  }
+  t.ok(Math.abs(route.prefixMs - 0.02) < 1e-9, `the shortest of each window: ${route.prefixMs}`)
+  route.runMinMs = 1.02
+  model.learn(0, 0, 2)
+  t.ok(Math.abs(route.prefixMs - (0.02 + RUN_SMOOTHING)) < 1e-9, `a route that now works when admitted, followed over windows: ${route.prefixMs}`)
 })
 
 t.test('the pace: a bucket of loop time, a burst, and debt', async t => {

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { ACCEPT_BUDGET_MS, ACCEPT_RUN, ACCEPT_RUN_SHARE, LoopTurns, PREFIX_SMOOTHING } from '../lib/turns.js'
+import { ACCEPT_BUDGET_MS, ACCEPT_RUN, ACCEPT_RUN_SHARE, LoopTurns } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
 
 const settings = { budgetMs: 5, intervalMs: 100 }
@@ -251,26 +251,32 @@ t.test('a share of the interval: standing(0.25) after 25 ms of busy loop, standi
   t.same(busy, [[false, false], [true, false], [true, false], [true, false], [true, true]])
 })
 
-t.test('a route\'s run at admission: from the admitted request\'s read to the next read, or to the end of its turn', async t => {
+t.test('a route\'s run at admission: from the admitted request\'s read to the next read, or to the end of its turn; the shortest is kept', async t => {
   const loop = fakeLoop()
   const turns = new LoopTurns(settings, loop.clock)
-  const route = { prefixMs: -1 }
+  const route = { runMinMs: Infinity }
   turns.overBudget()
   t.equal(turns.readAt, loop.now)
   turns.admitted(route)
   loop.work(2)
   turns.overBudget()
-  t.equal(route.prefixMs, 2, 'the first measure as it is')
+  t.equal(route.runMinMs, 2, 'the first measure as it is')
   loop.work(0.5)
   turns.overBudget()
-  t.equal(route.prefixMs, 2, 'a read after a request not admitted measures nothing')
+  t.equal(route.runMinMs, 2, 'a read after a request not admitted measures nothing')
   turns.admitted(route)
   loop.work(4)
   loop.endTurn()
-  t.equal(route.prefixMs, 2 + PREFIX_SMOOTHING * (4 - 2), 'the last admitted of its turn: measured at the turn\'s end, smoothed')
+  t.equal(route.runMinMs, 2, 'the last admitted of its turn, measured at the turn\'s end: longer, not kept')
+  loop.wait(5)
+  turns.overBudget()
+  turns.admitted(route)
+  loop.work(1.5)
+  loop.endTurn()
+  t.equal(route.runMinMs, 1.5, 'shorter: kept')
   loop.wait(5)
   turns.overBudget()
   loop.work(1)
   loop.endTurn()
-  t.ok(Math.abs(route.prefixMs - 2.1) < 1e-9, 'nothing pending')
+  t.equal(route.runMinMs, 1.5, 'nothing pending')
 })
