@@ -190,7 +190,8 @@ const plugin: FastifyPluginAsync<AdmissionOptions> = async function fastifyAdmis
       recorder.request('rejected', (performance.now() - refusedAt) / 1000)
       return
     }
-    permits.hold(raw, reply.raw, reply, outcome === 'observed', route.cost)
+    // An admission read the clock (the turns' readAt); an observed refusal may not have (a ceiling's).
+    permits.hold(raw, reply.raw, reply, outcome === 'observed', route.cost, outcome === 'admitted' ? turns.readAt : undefined)
     done()
   }
 

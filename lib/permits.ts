@@ -70,8 +70,11 @@ export class Permits {
     }
   }
 
-  /** Hold a permit (already counted by the decision) until the response ends. */
-  hold (req: IncomingMessage, res: ServerResponse, reply: ReplyState, observed: boolean, route?: RouteCost): void {
+  /**
+   * Hold a permit (already counted by the decision) until the response ends. `startMs`: when it was
+   * taken, on the clock (the decision's own reading, which saves one), else now.
+   */
+  hold (req: IncomingMessage, res: ServerResponse, reply: ReplyState, observed: boolean, route?: RouteCost, startMs?: number): void {
     if (res.destroyed || req.socket?.destroyed === true) {
       // A client already gone will never make 'close' fire again.
       this.#release(0, false, observed, route)
@@ -80,7 +83,7 @@ export class Permits {
     const held = res as Held
     const head = this.#head
     const last = head[kPrev] as Link
-    held[kStart] = this.#now()
+    held[kStart] = startMs ?? this.#now()
     held[kReply] = reply
     held[kObserved] = observed
     held[kRoute] = route
