@@ -2,7 +2,7 @@
 // and no clock: the glue passes `now` and the sampled loop signals in.
 
 import { CostModel, Pace, type RouteCost } from './costs.js'
-import { AdaptiveLimit, clamp, finiteOr, type LimitSettings } from './limit.js'
+import { AdaptiveLimit, clamp, finiteOr, VARIANCE_ALLOWANCE, type LimitSettings } from './limit.js'
 import { ExpiringPermits } from './expiring-permits.js'
 import { RetryAfterPolicy, type RetryAfterSettings } from './retry-after.js'
 import type { LoopTurns } from './turns.js'
@@ -244,6 +244,26 @@ export const PACED_MIN_COST_MS = 1
  */
 export const PACED_SHARE = 0.25
 
+/**
+ * The rules that act while the limit binds (the turn budget counted from the turn's start, and the
+ * pace) act only while the loop time that arrivals ask for (each its route's cost, costs.ts) is this
+ * many times the time that passes: over the last window and this one so far, or over this one alone
+ * once it is FLOOD_WINDOW_SHARE of a window long (then with VARIANCE_ALLOWANCE standard deviations of
+ * random arrivals on top). A single refusal otherwise switched them on for the window: at 0.8x with
+ * Poisson arrivals on 2026-12-07, on a machine whose loop paused 25-47 ms at times, one refusal at the
+ * limit or at the late turns' budget was followed by 10-62 more from the turn rule in the window's
+ * long turns (4 of 5 runs, 20-74 refused in all), its own refusals keeping it on for a window or two
+ * more; with this gate, no turn-rule refusal in twelve runs. Arrivals are counted when read: the
+ * requests a pause held back land in the next window, which alone then read 1.2-1.4 times capacity;
+ * pooled with the window of the pause they do not. Loop time, not a count: the mixed app at 3x (half
+ * its requests 0.2 ms) read 89-95 % counted, 101-109 % (as without the gate) weighted by cost. The
+ * turn rule and the pace are for trains of continuations at 2x and more and for synchronous routes at
+ * 3x; a milder overload still meets the limit and the late turns' budget.
+ */
+export const FLOOD_RATE = 1.5
+/** ... past this share of the last window's length, this window's arrivals alone can show it. */
+export const FLOOD_WINDOW_SHARE = 0.25
+
 /** Completions the capacity estimate must have seen before saturation is offered ÷ capacity. */
 export const SATURATION_CONFIDENCE = 300
 /** Time constant of the saturation's smoothing, ms: a scrape every few seconds sees a stable figure. */
@@ -309,6 +329,14 @@ export class AdmissionController {
   #limitRefused = 0
   #completed = 0
   #latencySumMs = 0
+  /**
+   * The loop time this window's arrivals ask for (each one its route's cost, see costs.ts), ms; the
+   * last window's, and its length; when the current window began (the turns' clock).
+   */
+  #offeredMs = 0
+  #lastOfferedMs = 0
+  #lastDurationMs = 0
+  #windowStart = 0
   // Shedding episode.
   #episodeStart = 0
   #episodeRefused = 0
@@ -327,6 +355,7 @@ export class AdmissionController {
     this.#onShedding = hooks.onShedding
     this.#windows = hooks.windows
     this.#turns = hooks.turns
+    this.#windowStart = hooks.turns?.now() ?? 0
     this.#virtual = settings.mode === 'observe' && hooks.now !== undefined
       ? new ExpiringPermits(settings.maxLimit + 1, hooks.now)
       : undefined
@@ -345,6 +374,7 @@ export class AdmissionController {
    */
   acquire (_klass: RequestClass, _tenant?: string, veto?: RejectReason, route?: RouteCost): Outcome {
     this.#arrivals++
+    this.#offeredMs += this.costs.costOf(route)
     if (veto === undefined) veto = this.draining ? 'drain' : this.#ceiling ?? this.#inflightCeiling()
     if (veto === undefined) {
       if (!this.#refusesForLoad(route)) {
@@ -406,7 +436,8 @@ export class AdmissionController {
    * once in-flight reaches a learned limit), or an accept backlog, until a window without pressure; a
    * stall's backlog is let in over it. While the limit binds (in this window or the last one), a turn
    * admits only until it has run its budget, counted from the turn's start, and admissions are paced
-   * by their cost (#paced). Nothing is refused during the startup grace.
+   * by their cost (#paced), while arrivals flood the loop (#flooded). Nothing is refused during the
+   * startup grace.
    */
   #refusesForLoad (route: RouteCost | undefined): boolean {
     const turns = this.#turns
@@ -414,10 +445,12 @@ export class AdmissionController {
     const overBudget = turns.overBudget()
     if (turns.stallEnd !== this.#stallSeen) {
       this.#stallSeen = turns.stallEnd
-      // While shedding, the stall is a pause in an overload: its backlog is more of the same.
+      // While shedding, the stall is a pause in an overload: its backlog is more of the same. A stall
+      // before the last one's allowance has drained (the backlog's own continuations can run long enough
+      // to be one) keeps the larger allowance.
       this.#stallAllowance = this.shedding || this.#refused > 0
         ? 0
-        : Math.ceil(this.limiter.capacity * Math.min(turns.stallMs, STALL_ALLOWANCE_MAX_MS) / 1000)
+        : Math.max(this.#stallAllowance, Math.ceil(this.limiter.capacity * Math.min(turns.stallMs, STALL_ALLOWANCE_MAX_MS) / 1000))
     }
     if (!this.#graceOver) return false
     const backlog = turns.acceptBacklog()
@@ -441,16 +474,31 @@ export class AdmissionController {
     // continuations that admitted ten more made the same clump 20 ms later. Its own refusals keep it on
     // while turns keep running over the budget with requests to refuse: at 3x, a synchronous route
     // (which never meets the limit) answered at 2xx p99 45-48 ms so, 146-293 ms when only refusals at
-    // the limit or a late turn's budget kept it on. A window without refusals ends it. Not in observe
+    // the limit or a late turn's budget kept it on. A window without refusals ends it, and so do arrivals
+    // that ask for less than FLOOD_RATE times the loop's time (#flooded). Not in observe
     // mode: its turns carry the overload it lets through, which enforce would not have. (No stall
     // allowance is left here: the refusal at the limit ended it.)
     if (!overBudget) {
-      if (this.mode !== 'enforce' || (this.#limitRefused === 0 && !this.limiter.binding)) return false
+      if (this.mode !== 'enforce' || (this.#limitRefused === 0 && !this.limiter.binding) || !this.#flooded(turns.readAt)) return false
       return turns.ran() > turns.budget() || !this.#paced(route, turns.readAt)
     }
     if (this.#stallAllowance < 1) return true
     this.#stallAllowance--
     return false
+  }
+
+  /**
+   * Arrivals exceed FLOOD_RATE times the capacity (see there): over the last window and this one so
+   * far, or this one alone past FLOOD_WINDOW_SHARE of the last window. While capacity is unknown, assumed.
+   */
+  #flooded (nowMs: number): boolean {
+    const meanMs = this.costs.meanMs
+    if (!(meanMs > 0)) return true
+    const elapsed = Math.max(0, nowMs - this.#windowStart)
+    if (this.#lastOfferedMs + this.#offeredMs >= FLOOD_RATE * (this.#lastDurationMs + elapsed)) return true
+    // Random arrivals of the mean cost: their count's standard deviation is the square root of its mean.
+    return elapsed >= FLOOD_WINDOW_SHARE * this.#lastDurationMs &&
+      this.#offeredMs >= FLOOD_RATE * elapsed + VARIANCE_ALLOWANCE * Math.sqrt(elapsed * meanMs)
   }
 
   /**
@@ -516,6 +564,10 @@ export class AdmissionController {
     }
     this.#stallAllowance = Math.max(0, this.#stallAllowance - STALL_DRAIN_SHARE * this.limiter.capacity * durationMs / 1000)
     this.#enforcing = this.#graceOver && (this.limiter.pressure || (this.#turns?.standing() ?? false))
+    this.#lastOfferedMs = this.#offeredMs
+    this.#offeredMs = 0
+    this.#lastDurationMs = durationMs
+    this.#windowStart = this.#turns?.now() ?? nowMs
     this.#arrivals = 0
     this.#refused = 0
     this.#limitRefused = 0

@@ -55,6 +55,15 @@ export const ACCEPT_RUN = 16
  * 124-210 ms against 345-348.
  */
 export const ACCEPT_RUN_SHARE = 0.25
+/**
+ * The loop ran other work without reading a request for this share of the interval: a stall (see
+ * stallEnd), whose backlog the controller lets in. The whole interval until 2026-12-07: at 0.8x with
+ * Poisson arrivals that day, the loop paused 25-47 ms between turns 5-21 times in a 10 s run, and the
+ * requests held back met the limit or the late turns' budget (with the turn rule kept to floods, see
+ * FLOOD_RATE in admission.ts, 0-19 refused in six runs; with a quarter, 0-8, four of six runs at 2 or
+ * fewer). A pause inside a turn, after its first read, is not seen here: that turn is late instead.
+ */
+export const STALL_SHARE = 0.25
 /** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */
 export const ACCEPT_BUDGET_MS = 0.5
 
@@ -85,8 +94,9 @@ export class LoopTurns {
   /** Typical length of a turn that handled requests while the loop had no standing queue, ms. */
   typicalMs = 0
   /**
-   * The last stall: when it ended (the turn after it opened), on the clock, or -1; and how long the loop
-   * ran other work without reading a request, ms. The controller lets its backlog in (see admission.ts).
+   * The last stall (STALL_SHARE): when it ended (the turn after it opened), on the clock, or -1; and how
+   * long the loop ran other work without reading a request, ms. The controller lets its backlog in (see
+   * admission.ts).
    */
   stallEnd = -1
   stallMs = 0
@@ -154,6 +164,11 @@ export class LoopTurns {
     return this.#open ? this.#clock.now() - this.#start : 0
   }
 
+  /** The clock, ms. */
+  now (): number {
+    return this.#clock.now()
+  }
+
   /** Called for each accepted connection. */
   connection (): void {
     if (!this.#open) this.#openTurn(this.#clock.now())
@@ -195,14 +210,16 @@ export class LoopTurns {
     const idled = this.#clock.idle() - this.#idleAtEnd
     const waited = idled > IDLE_EPSILON_MS
     const gap = now - this.#lastEnd
-    // The loop waited for work since the last turn ended (whatever queue there was has drained), or it
-    // ran something else for a whole interval (a synchronous stall, a long GC) and the requests it held
-    // back are read now: their wait is over, whether a queue stands is for the next turns. A stall
-    // counts whether or not the loop idled before it.
-    if (gap - idled >= this.#settings.intervalMs) {
+    // A stall: the loop ran something else for STALL_SHARE of the interval or more (a synchronous task,
+    // a long GC) without reading a request, whether or not it idled before. The controller lets its
+    // backlog in.
+    if (gap - idled >= STALL_SHARE * this.#settings.intervalMs) {
       this.stallEnd = now
       this.stallMs = gap - idled
     }
+    // The loop waited for work since the last turn ended (whatever queue there was has drained), or it
+    // ran something else for a whole interval and the requests it held back are read now: their wait
+    // is over, whether a queue stands is for the next turns.
     if (waited || gap >= this.#settings.intervalMs) {
       this.#start = now
       this.#busySince = now

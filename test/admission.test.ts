@@ -377,6 +377,18 @@ function busyTurns (loop: FakeLoop, c: AdmissionController, n: number): number {
   return admitted
 }
 
+/**
+ * `n` requests read and gone at once (their clients left), over `ms` of busy loop: the window's
+ * arrivals, with nothing held. At 400/s a window of 100 ms finishes 40; 80 is an overload of 2x.
+ */
+function arrive (loop: FakeLoop, c: AdmissionController, n: number, ms = 0): void {
+  for (let i = 0; i < n; i++) {
+    if (c.acquire(DEFAULT_CLASS) !== 'rejected') c.release(0, false)
+    loop.work(ms / n)
+  }
+  loop.endTurn()
+}
+
 t.test('regression: a step to 2x let in-flight climb far past the learned limit before the loop had been busy for the interval', async t => {
   const { loop, turns, c } = withTurns()
   learn400(loop, c, 100)
@@ -409,12 +421,14 @@ t.test('regression: a step to 4x admitted all it read for the first 25 ms of bus
 t.test('regression: while the limit bound, a turn of continuations admitted as many requests as they freed (20 ms awaits came back in clumps)', async t => {
   const { loop, c } = withTurns()
   learn400(loop, c, 100)
+  arrive(loop, c, 80)
   c.onWindow(busy, 200)
   t.equal(readTurn(loop, c, 30, 0.05), 26, 'at the limit: the limit binds')
   loop.work(10) // the next turn's timers: ten awaits that expired together finish
   for (let i = 0; i < 10; i++) c.release(22, true)
   t.equal(readTurn(loop, c, 10, 0.05), 0, 'ten permits free, but the turn has run its 5 ms budget')
   t.equal(readTurn(loop, c, 10, 0.05), 10, 'the next turn takes them')
+  arrive(loop, c, 30) // 80 arrivals in the window: twice capacity
   c.onWindow(busy, 300)
   for (let i = 0; i < 10; i++) c.release(22, true)
   loop.work(6)
@@ -437,9 +451,13 @@ function spacedReads (loop: FakeLoop, c: AdmissionController, route: RouteCost, 
   return outcomes
 }
 
-/** Learned 400/s (a request costs 2.5 ms of loop), the limit of 26 bound in this window, 20 permits free again. */
+/**
+ * Learned 400/s (a request costs 2.5 ms of loop), 80 arrivals in the last window (2x), the limit of 26
+ * bound in this window, 20 permits free again.
+ */
 function bound (loop: FakeLoop, c: AdmissionController): void {
   learn400(loop, c, 100)
+  arrive(loop, c, 80)
   c.onWindow(busy, 200)
   readTurn(loop, c, 30, 0.05)
   for (let i = 0; i < 20; i++) c.release(22, true)
@@ -543,16 +561,19 @@ t.test('a long turn admits up to the limit while in-flight has not met it', asyn
 t.test('the turn rule stays on while its own refusals go on, and a window without refusals ends it', async t => {
   const { loop, turns, c } = withTurns()
   learn400(loop, c, 100)
+  arrive(loop, c, 80)
   c.onWindow(busy, 200)
   t.equal(readTurn(loop, c, 30, 0.05), 26, 'in-flight meets the limit')
   for (let i = 0; i < 26; i++) c.release(22, true)
   emptyTurn(loop, turns)
   loop.work(10)
   t.equal(readTurn(loop, c, 10, 0.05), 0, 'a long turn in the same window: refused by the turn rule')
+  arrive(loop, c, 40) // 80 in the window
   c.onWindow(busy, 300)
   emptyTurn(loop, turns)
   loop.work(10)
   t.equal(readTurn(loop, c, 10, 0.05), 0, 'the window after: still on (it met the limit)')
+  arrive(loop, c, 70)
   c.onWindow(busy, 400)
   emptyTurn(loop, turns)
   loop.work(10)
@@ -562,6 +583,48 @@ t.test('the turn rule stays on while its own refusals go on, and a window withou
   emptyTurn(loop, turns)
   loop.work(10)
   t.equal(readTurn(loop, c, 10, 0.05), 10, 'after a window without refusals: off')
+})
+
+t.test('regression: at 0.8x, one refusal switched the turn rule on, and it refused what the window\'s long turns read', async t => {
+  const { loop, turns, c } = withTurns()
+  learn400(loop, c, 100)
+  for (let i = 0; i < 24; i++) c.acquire(DEFAULT_CLASS) // held: their downstream is slow today
+  arrive(loop, c, 8, 40) // 32 arrivals in the window: 0.8x
+  c.onWindow(busy, 200)
+  loop.wait(40)
+  t.equal(readTurn(loop, c, 3, 0.05), 2, 'in-flight meets the limit of 26: one refusal')
+  for (let i = 0; i < 20; i++) c.release(22, true)
+  emptyTurn(loop, turns)
+  loop.work(10)
+  t.equal(readTurn(loop, c, 10, 0.05), 10, '13 arrivals in 52 ms and 32 in the window before: no flood, the turn rule stays off')
+  t.equal(c.totals.rejected.limit, 1)
+})
+
+t.test('regression: at 0.8x, the requests a 45 ms pause held back met the limit (a stall was a whole interval)', async t => {
+  const { loop, c } = withTurns()
+  learn400(loop, c, 100)
+  for (let i = 0; i < 20; i++) c.acquire(DEFAULT_CLASS)
+  loop.endTurn()
+  c.onWindow(busy, 200)
+  loop.wait(1)
+  loop.work(45) // a collection between two turns: 14 requests arrive meanwhile (0.8 x 400/s)
+  t.equal(readTurn(loop, c, 14, 0.1), 14, 'over the limit of 26 by what the loop would have finished in the pause (18)')
+  t.equal(c.totals.rejected.limit, 0)
+})
+
+t.test('a flood seen in this window alone switches the turn rule on once a quarter of a window has passed', async t => {
+  // The last window had no arrival at all: pooled with it, this one's arrivals read no flood.
+  for (const [ms, arrivals, after] of [[5, 5, 10], [20, 20, 0]] as const) {
+    const { loop, turns, c } = withTurns()
+    learn400(loop, c, 100)
+    c.onWindow(idle, 200)
+    arrive(loop, c, arrivals, ms)
+    t.equal(readTurn(loop, c, 30, 0.05), 26, 'the limit binds')
+    for (let i = 0; i < 10; i++) c.release(22, true)
+    emptyTurn(loop, turns)
+    loop.work(10)
+    t.equal(readTurn(loop, c, 10, 0.05), after, `${arrivals + 30} arrivals ${ms + 11.5} ms into the window, ${0.4 * (ms + 11.5)} at capacity`)
+  }
 })
 
 t.test('observe mode: the turn rule does not count long turns as refusals', async t => {

@@ -77,12 +77,16 @@ t.test('a stall is remembered: how long the loop ran other work before this turn
   t.equal(turns.stallMs, 200, 'its busy time, not the idle before it')
   const end = turns.stallEnd
   loop.wait(300)
-  loop.work(50)
+  loop.work(20)
   turn(loop, turns, 1, 1)
   t.equal(turns.stallEnd, end, 'a long idle gap with short work in it is no stall')
-  loop.work(99)
+  loop.work(24)
   turn(loop, turns, 1, 1)
-  t.equal(turns.stallEnd, end, 'shorter than the interval: part of the next turn')
+  t.equal(turns.stallEnd, end, 'shorter than a quarter of the interval: part of the next turn')
+  loop.work(30)
+  turn(loop, turns, 1, 1)
+  t.equal(turns.stallMs, 30, 'a 30 ms pause between turns is one')
+  t.equal(turns.stallEnd, loop.now - 1)
 })
 
 t.test('regression: at 0.8x, requests read after a clump of continuations were refused', async t => {
