@@ -248,11 +248,11 @@ export const PACED_SHARE = 0.25
  * The rules that act while the limit binds (the turn budget counted from the turn's start, and the
  * pace) act only while the loop time that arrivals ask for (each its route's cost, costs.ts) is this
  * many times the time that passes: over the last window and this one so far, or over this one alone
- * once it is FLOOD_WINDOW_SHARE of a window long (then with VARIANCE_ALLOWANCE standard deviations of
+ * once it is DEMAND_WINDOW_SHARE of a window long (then with VARIANCE_ALLOWANCE standard deviations of
  * random arrivals on top). A single refusal otherwise switched them on for the window: at 0.8x with
  * Poisson arrivals on 2026-12-07, on a machine whose loop paused 25-47 ms at times, one refusal at the
  * limit or at the late turns' budget was followed by 10-62 more from the turn rule in the window's
- * long turns (4 of 5 runs, 20-74 refused in all), its own refusals keeping it on for a window or two
+ * long turns (in 4 of 5 runs, 20-74 refused in each), its own refusals keeping it on for a window or two
  * more; with this gate, no turn-rule refusal in twelve runs. Arrivals are counted when read: the
  * requests a pause held back land in the next window, which alone then read 1.2-1.4 times capacity;
  * pooled with the window of the pause they do not. Loop time, not a count: the mixed app at 3x (half
@@ -260,9 +260,9 @@ export const PACED_SHARE = 0.25
  * turn rule and the pace are for trains of continuations at 2x and more and for synchronous routes at
  * 3x; a milder overload still meets the limit and the late turns' budget.
  */
-export const FLOOD_RATE = 1.5
+export const DEMAND_RATE = 1.5
 /** ... past this share of the last window's length, this window's arrivals alone can show it. */
-export const FLOOD_WINDOW_SHARE = 0.25
+export const DEMAND_WINDOW_SHARE = 0.25
 
 /** Completions the capacity estimate must have seen before saturation is offered ÷ capacity. */
 export const SATURATION_CONFIDENCE = 300
@@ -436,7 +436,7 @@ export class AdmissionController {
    * once in-flight reaches a learned limit), or an accept backlog, until a window without pressure; a
    * stall's backlog is let in over it. While the limit binds (in this window or the last one), a turn
    * admits only until it has run its budget, counted from the turn's start, and admissions are paced
-   * by their cost (#paced), while arrivals flood the loop (#flooded). Nothing is refused during the
+   * by their cost (#paced), while arrivals ask for more than the loop has (#demandExceeds). Nothing is refused during the
    * startup grace.
    */
   #refusesForLoad (route: RouteCost | undefined): boolean {
@@ -475,11 +475,11 @@ export class AdmissionController {
     // while turns keep running over the budget with requests to refuse: at 3x, a synchronous route
     // (which never meets the limit) answered at 2xx p99 45-48 ms so, 146-293 ms when only refusals at
     // the limit or a late turn's budget kept it on. A window without refusals ends it, and so do arrivals
-    // that ask for less than FLOOD_RATE times the loop's time (#flooded). Not in observe
+    // that ask for less than DEMAND_RATE times the loop's time (#demandExceeds). Not in observe
     // mode: its turns carry the overload it lets through, which enforce would not have. (No stall
     // allowance is left here: the refusal at the limit ended it.)
     if (!overBudget) {
-      if (this.mode !== 'enforce' || (this.#limitRefused === 0 && !this.limiter.binding) || !this.#flooded(turns.readAt)) return false
+      if (this.mode !== 'enforce' || (this.#limitRefused === 0 && !this.limiter.binding) || !this.#demandExceeds(turns.readAt)) return false
       return turns.ran() > turns.budget() || !this.#paced(route, turns.readAt)
     }
     if (this.#stallAllowance < 1) return true
@@ -488,17 +488,17 @@ export class AdmissionController {
   }
 
   /**
-   * Arrivals exceed FLOOD_RATE times the capacity (see there): over the last window and this one so
-   * far, or this one alone past FLOOD_WINDOW_SHARE of the last window. While capacity is unknown, assumed.
+   * Arrivals exceed DEMAND_RATE times the capacity (see there): over the last window and this one so
+   * far, or this one alone past DEMAND_WINDOW_SHARE of the last window. While capacity is unknown, assumed.
    */
-  #flooded (nowMs: number): boolean {
+  #demandExceeds (nowMs: number): boolean {
     const meanMs = this.costs.meanMs
     if (!(meanMs > 0)) return true
     const elapsed = Math.max(0, nowMs - this.#windowStart)
-    if (this.#lastOfferedMs + this.#offeredMs >= FLOOD_RATE * (this.#lastDurationMs + elapsed)) return true
+    if (this.#lastOfferedMs + this.#offeredMs >= DEMAND_RATE * (this.#lastDurationMs + elapsed)) return true
     // Random arrivals of the mean cost: their count's standard deviation is the square root of its mean.
-    return elapsed >= FLOOD_WINDOW_SHARE * this.#lastDurationMs &&
-      this.#offeredMs >= FLOOD_RATE * elapsed + VARIANCE_ALLOWANCE * Math.sqrt(elapsed * meanMs)
+    return elapsed >= DEMAND_WINDOW_SHARE * this.#lastDurationMs &&
+      this.#offeredMs >= DEMAND_RATE * elapsed + VARIANCE_ALLOWANCE * Math.sqrt(elapsed * meanMs)
   }
 
   /**

@@ -59,9 +59,9 @@ export const ACCEPT_RUN_SHARE = 0.25
  * The loop ran other work without reading a request for this share of the interval: a stall (see
  * stallEnd), whose backlog the controller lets in. The whole interval until 2026-12-07: at 0.8x with
  * Poisson arrivals that day, the loop paused 25-47 ms between turns 5-21 times in a 10 s run, and the
- * requests held back met the limit or the late turns' budget (with the turn rule kept to floods, see
- * FLOOD_RATE in admission.ts, 0-19 refused in six runs; with a quarter, 0-8, four of six runs at 2 or
- * fewer). A pause inside a turn, after its first read, is not seen here: that turn is late instead.
+ * requests held back met the limit or the late turns' budget (with the turn rule kept to a demand of
+ * DEMAND_RATE times the loop's time, admission.ts, 0-19 refused in six runs; with a quarter, 0-8, five
+ * of six runs at 2 or fewer). A pause inside a turn, after its first read, is not seen here: that turn is late instead.
  */
 export const STALL_SHARE = 0.25
 /** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */

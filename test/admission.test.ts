@@ -596,7 +596,7 @@ t.test('regression: at 0.8x, one refusal switched the turn rule on, and it refus
   for (let i = 0; i < 20; i++) c.release(22, true)
   emptyTurn(loop, turns)
   loop.work(10)
-  t.equal(readTurn(loop, c, 10, 0.05), 10, '13 arrivals in 52 ms and 32 in the window before: no flood, the turn rule stays off')
+  t.equal(readTurn(loop, c, 10, 0.05), 10, '13 arrivals in 52 ms and 32 in the window before: no excess demand, the turn rule stays off')
   t.equal(c.totals.rejected.limit, 1)
 })
 
@@ -612,8 +612,8 @@ t.test('regression: at 0.8x, the requests a 45 ms pause held back met the limit 
   t.equal(c.totals.rejected.limit, 0)
 })
 
-t.test('a flood seen in this window alone switches the turn rule on once a quarter of a window has passed', async t => {
-  // The last window had no arrival at all: pooled with it, this one's arrivals read no flood.
+t.test('a demand beyond the loop seen in this window alone switches the turn rule on once a quarter of a window has passed', async t => {
+  // The last window had no arrival at all: pooled with it, this one's arrivals ask for less than the loop has.
   for (const [ms, arrivals, after] of [[5, 5, 10], [20, 20, 0]] as const) {
     const { loop, turns, c } = withTurns()
     learn400(loop, c, 100)
