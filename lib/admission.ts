@@ -355,7 +355,7 @@ export class AdmissionController {
     this.#onShedding = hooks.onShedding
     this.#windows = hooks.windows
     this.#turns = hooks.turns
-    this.#windowStart = hooks.turns?.now() ?? 0
+    this.#windowStart = hooks.turns?.now() ?? nowMs
     this.#virtual = settings.mode === 'observe' && hooks.now !== undefined
       ? new ExpiringPermits(settings.maxLimit + 1, hooks.now)
       : undefined
@@ -436,8 +436,8 @@ export class AdmissionController {
    * once in-flight reaches a learned limit), or an accept backlog, until a window without pressure; a
    * stall's backlog is let in over it. While the limit binds (in this window or the last one), a turn
    * admits only until it has run its budget, counted from the turn's start, and admissions are paced
-   * by their cost (#paced), while arrivals ask for more than the loop has (#demandExceeds). Nothing is refused during the
-   * startup grace.
+   * by their cost (#paced), while arrivals ask for more than the loop has (#demandExceeds). Nothing is
+   * refused during the startup grace.
    */
   #refusesForLoad (route: RouteCost | undefined): boolean {
     const turns = this.#turns
@@ -488,8 +488,9 @@ export class AdmissionController {
   }
 
   /**
-   * Arrivals exceed DEMAND_RATE times the capacity (see there): over the last window and this one so
-   * far, or this one alone past DEMAND_WINDOW_SHARE of the last window. While capacity is unknown, assumed.
+   * The loop time arrivals ask for is DEMAND_RATE times the time that passes (see there): over the last
+   * window and this one so far, or this one alone past DEMAND_WINDOW_SHARE of the last window. While
+   * capacity is unknown, assumed.
    */
   #demandExceeds (nowMs: number): boolean {
     const meanMs = this.costs.meanMs

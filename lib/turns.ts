@@ -61,7 +61,8 @@ export const ACCEPT_RUN_SHARE = 0.25
  * Poisson arrivals that day, the loop paused 25-47 ms between turns 5-21 times in a 10 s run, and the
  * requests held back met the limit or the late turns' budget (with the turn rule kept to a demand of
  * DEMAND_RATE times the loop's time, admission.ts, 0-19 refused in six runs; with a quarter, 0-8, five
- * of six runs at 2 or fewer). A pause inside a turn, after its first read, is not seen here: that turn is late instead.
+ * of six runs at 2 or fewer). A pause inside a turn, after its first read, is not seen here: that turn
+ * is late instead.
  */
 export const STALL_SHARE = 0.25
 /** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */
