@@ -588,6 +588,12 @@ export interface HelloResult {
    * median / bare's, `admissionRatio` = admission's median / its.
    */
   hook?: { ratio: number, admissionRatio: number }
+  /**
+   * The floor: the least a controller that bounds in-flight requests and learns from their latency does
+   * per request (the `permit-floor` contender: a count, a clock read at each end, a 'close' listener).
+   * `ratio` = its median / bare's, `admissionRatio` = admission's median / its.
+   */
+  floor?: { ratio: number, admissionRatio: number }
   /** admission's median / the median of bare Fastify processes that did not warm process.nextTick */
   unwarmedRatio?: number
   /** median main-thread CPU time of the server per 2xx response (µs), from /proc/<pid>/schedstat */
@@ -710,6 +716,7 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
     ratio: over(res, 'admission', 'bare'),
     meanRatio: base > 0 ? round((mean.admission ?? 0) / base, 3) ?? 0 : 0,
     ...(contenders.includes('empty-hook') ? { hook: { ratio: over(res, 'empty-hook', 'bare'), admissionRatio: over(res, 'admission', 'empty-hook') } } : {}),
+    ...(contenders.includes('permit-floor') ? { floor: { ratio: over(res, 'permit-floor', 'bare'), admissionRatio: over(res, 'admission', 'permit-floor') } } : {}),
     ...(contenders.includes('bare') ? { unwarmedRatio: over(res, 'admission', UNWARMED) } : {}),
     cpuPerRequestUs,
     warmupSeconds,

@@ -1,6 +1,6 @@
 // Server under test: one contender per process.
 //
-//   node --import tsx bench/server.ts --contender bare|under-pressure|static-cap|admission|refuse-all|empty-hook --port N
+//   node --import tsx bench/server.ts --contender bare|under-pressure|static-cap|admission|refuse-all|empty-hook|permit-floor --port N
 //        [--series FILE|-|off] [--stall-every-ms N --stall-ms M]
 //
 // Routes:
@@ -25,6 +25,7 @@
 // socket round trip, read in the poll phase as a driver's reply is) instead of a timer.
 import { subscribe } from 'node:diagnostics_channel'
 import { createWriteStream } from 'node:fs'
+import type { ServerResponse } from 'node:http'
 import { monitorEventLoopDelay, performance, type EventLoopUtilization } from 'node:perf_hooks'
 import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -35,7 +36,7 @@ import { warmNextTick } from '../lib/warm-ticks.js'
 import { DownstreamPool } from './downstream.js'
 import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 
-export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission', 'refuse-all', 'empty-hook'] as const
+export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission', 'refuse-all', 'empty-hook', 'permit-floor'] as const
 export type Contender = typeof contenders[number]
 
 /** The read-only snapshot the admission plugin exposes as `app.admission` (see the plugin contract). */
@@ -123,6 +124,34 @@ export function staticCap (app: FastifyInstance, max: number): void {
   })
 }
 
+/**
+ * The hello-world overhead's floor: the least a controller that bounds the requests in flight and
+ * learns from their latency does per request, registered as the plugin is. Its hook counts the request
+ * in and reads the clock; the response's 'close' counts it out and reads the clock again. It decides
+ * nothing and refuses nothing.
+ */
+async function permitFloor (app: FastifyInstance): Promise<void> {
+  const kStart = Symbol('permit-floor.start')
+  type Timed = ServerResponse & { [kStart]?: number }
+  let inflight = 0
+  let latencySumMs = 0
+  function permitFloorRelease (this: Timed): void {
+    inflight--
+    latencySumMs += performance.now() - (this[kStart] as number)
+  }
+  await app.register(fp(async function permitFloorPlugin (instance) {
+    instance.addHook('onRequest', function permitFloorHook (_request, reply, done) {
+      inflight++
+      const res = reply.raw as Timed
+      res[kStart] = performance.now()
+      res.on('close', permitFloorRelease)
+      done()
+    })
+    // Read, so that neither count is dead code to the JIT.
+    instance.decorate('permitFloor', { getter: () => ({ inflight, latencySumMs }) })
+  }))
+}
+
 export async function loadAdmission (): Promise<FastifyPluginAsync> {
   // Loaded dynamically so the other contenders keep working while lib/ is being edited.
   const mod = await import('../lib/index.js') as unknown as { default?: unknown, admission?: unknown, WINDOW_CHANNEL?: unknown }
@@ -184,6 +213,9 @@ export async function buildServer (contender: Contender): Promise<FastifyInstanc
       await app.register(fp(async function emptyHookPlugin (instance) {
         instance.addHook('onRequest', function emptyHook (_request, _reply, done) { done() })
       }))
+      break
+    case 'permit-floor':
+      await permitFloor(app)
       break
     case 'admission':
       // Default options are what the benchmark measures; BENCH_ADMISSION_OPTIONS (JSON) is for tuning runs.
