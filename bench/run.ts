@@ -138,7 +138,7 @@ async function main (): Promise<void> {
   }
   if (only.has('hello')) {
     log(`hello-world overhead: closed loop, a fresh process per contender and round  [${elapsed(t0)}]`)
-    results.hello = await runHello(cfg, choose(['bare', 'empty-hook', 'permit-floor', 'admission']), quick ? 2 : 7, quick ? 1 : 2, quick ? 1 : 3)
+    results.hello = await runHello(cfg, choose(['bare', 'empty-hook', 'clock-hook', 'permit-floor', 'admission']), quick ? 2 : 7, quick ? 1 : 2, quick ? 1 : 3)
   }
 
   // a baseline serving well above "capacity" within the SLO means the capacity search was disturbed

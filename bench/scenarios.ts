@@ -594,6 +594,8 @@ export interface HelloResult {
    * `ratio` = its median / bare's, `admissionRatio` = admission's median / its.
    */
   floor?: { ratio: number, admissionRatio: number }
+  /** One clock read per request in an otherwise empty hook (`clock-hook`): its median / bare's. */
+  clock?: { ratio: number }
   /** admission's median / the median of bare Fastify processes that did not warm process.nextTick */
   unwarmedRatio?: number
   /** median main-thread CPU time of the server per 2xx response (µs), from /proc/<pid>/schedstat */
@@ -716,6 +718,7 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
     ratio: over(res, 'admission', 'bare'),
     meanRatio: base > 0 ? round((mean.admission ?? 0) / base, 3) ?? 0 : 0,
     ...(contenders.includes('empty-hook') ? { hook: { ratio: over(res, 'empty-hook', 'bare'), admissionRatio: over(res, 'admission', 'empty-hook') } } : {}),
+    ...(contenders.includes('clock-hook') ? { clock: { ratio: over(res, 'clock-hook', 'bare') } } : {}),
     ...(contenders.includes('permit-floor') ? { floor: { ratio: over(res, 'permit-floor', 'bare'), admissionRatio: over(res, 'admission', 'permit-floor') } } : {}),
     ...(contenders.includes('bare') ? { unwarmedRatio: over(res, 'admission', UNWARMED) } : {}),
     cpuPerRequestUs,

@@ -1,6 +1,6 @@
 // Server under test: one contender per process.
 //
-//   node --import tsx bench/server.ts --contender bare|under-pressure|static-cap|admission|refuse-all|empty-hook|permit-floor --port N
+//   node --import tsx bench/server.ts --contender bare|under-pressure|static-cap|admission|refuse-all|empty-hook|clock-hook|permit-floor --port N
 //        [--series FILE|-|off] [--stall-every-ms N --stall-ms M]
 //
 // Routes:
@@ -36,7 +36,7 @@ import { warmNextTick } from '../lib/warm-ticks.js'
 import { DownstreamPool } from './downstream.js'
 import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 
-export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission', 'refuse-all', 'empty-hook', 'permit-floor'] as const
+export const contenders = ['bare', 'under-pressure', 'static-cap', 'admission', 'refuse-all', 'empty-hook', 'clock-hook', 'permit-floor'] as const
 export type Contender = typeof contenders[number]
 
 /** The read-only snapshot the admission plugin exposes as `app.admission` (see the plugin contract). */
@@ -214,6 +214,19 @@ export async function buildServer (contender: Contender): Promise<FastifyInstanc
         instance.addHook('onRequest', function emptyHook (_request, _reply, done) { done() })
       }))
       break
+    case 'clock-hook': {
+      // One clock read per request, in a hook registered as the plugin is: what timing a request costs
+      // here, apart from everything else a controller does.
+      let readings = 0
+      await app.register(fp(async function clockHookPlugin (instance) {
+        instance.addHook('onRequest', function clockHook (_request, _reply, done) {
+          readings += performance.now()
+          done()
+        })
+        instance.decorate('clockReadings', { getter: () => readings })
+      }))
+      break
+    }
     case 'permit-floor':
       await permitFloor(app)
       break

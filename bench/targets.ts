@@ -111,7 +111,7 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
       byContender: { admission: { value: `${r.hello.ratio.toFixed(3)} (medians of ${r.hello.rounds.length} fresh processes each, ${r.hello.median.admission ?? 0} vs ${r.hello.median.bare ?? 0}/s; CPU/req ${r.hello.cpuPerRequestUs.admission ?? '–'} vs ${r.hello.cpuPerRequestUs.bare ?? '–'} µs; not 2xx in the rounds ${r.hello.roundsOther?.admission ?? '–'} vs ${r.hello.roundsOther?.bare ?? '–'}, in the ${r.hello.warmupSeconds ?? '–'} s warm-ups ${r.hello.warmupOther?.admission ?? '–'} vs ${r.hello.warmupOther?.bare ?? '–'}${r.hello.unwarmedRatio !== undefined ? `; ${r.hello.unwarmedRatio.toFixed(3)} of bare processes that did not warm process.nextTick` : ''}${r.hello.many !== undefined ? `; with ${r.hello.many.connections} connections ${r.hello.many.ratio.toFixed(3)}, not 2xx ${r.hello.many.other.admission ?? '–'} vs ${r.hello.many.other.bare ?? '–'}` : ''})`, pass: r.hello.ratio >= 0.98 } },
       // An onRequest hook that does nothing is the least a plugin deciding per request adds; the floor,
       // the least one that also bounds in-flight requests and times them.
-      ...(r.hello.ratio < 0.98 && (r.hello.hook !== undefined || r.hello.floor !== undefined)
+      ...(r.hello.ratio < 0.98 && (r.hello.hook !== undefined || r.hello.clock !== undefined || r.hello.floor !== undefined)
         ? { reason: helloReason(r.hello) }
         : {})
     })
@@ -123,6 +123,7 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
 function helloReason (h: HelloResult): string {
   const parts: string[] = []
   if (h.hook !== undefined) parts.push(`an onRequest hook that does nothing, registered the same way, reads ${h.hook.ratio.toFixed(3)} of bare (median ${h.median['empty-hook'] ?? 0}/s); the plugin reads ${h.hook.admissionRatio.toFixed(3)} of that hook`)
+  if (h.clock !== undefined) parts.push(`one clock read per request in that hook (clock-hook) reads ${h.clock.ratio.toFixed(3)} of bare (median ${h.median['clock-hook'] ?? 0}/s)`)
   if (h.floor !== undefined) parts.push(`the floor of any controller that bounds in-flight requests and times them (a count, a clock read at each end, a 'close' listener: permit-floor) reads ${h.floor.ratio.toFixed(3)} of bare (median ${h.median['permit-floor'] ?? 0}/s); the plugin reads ${h.floor.admissionRatio.toFixed(3)} of that floor`)
   return parts.join('; ')
 }
