@@ -1,4 +1,5 @@
-// Re-render the HTML report and the goodput chart of a results file (after changing the report code).
+// Re-render the HTML report and the goodput chart of a results file, and the targets stored in it (after
+// changing the report or target code).
 //   tsx bench/render.ts [bench/results/latest.json]
 import { readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -9,6 +10,7 @@ import { checkTargets } from './targets.js'
 const file = process.argv[2] ?? new URL('./results/latest.json', import.meta.url).pathname
 const results = JSON.parse(readFileSync(file, 'utf8')) as BenchResults
 const targets = checkTargets(results)
+writeFileSync(file, JSON.stringify({ ...results, targets }, null, 1))
 writeFileSync(file.replace(/\.json$/, '.html'), renderHtml(results, targets))
 if (Object.keys(results.sweep.results).length > 0) writeFileSync(join(dirname(file), 'goodput.svg'), goodputChart(results))
 console.log(`rendered ${file.replace(/\.json$/, '.html')} and goodput.svg`)

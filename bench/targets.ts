@@ -30,6 +30,11 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
       const share = p.stats.good / p.seconds / C
       t.byContender[c] = { value: pct100(share), pass: share >= min }
     }
+    // When in the point the goodput was short: its first seconds follow the step up from the warm-up.
+    const seconds = sweepAt('admission', mult)?.perSecond ?? []
+    if (t.byContender.admission?.pass === false && seconds.length > 0) {
+      t.reason = `per second of the point, % of capacity: ${seconds.map(w => Math.round(w.good / C * 100)).join(', ')}`
+    }
     out.push(t)
   }
 
@@ -90,6 +95,17 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
   if (r.step !== undefined) {
     const up: TargetCheck = { id: 'step-up', label: 'step to 3x: goodput back to ≥ 90 % of capacity', target: 'within 1 s, and held', byContender: {} }
     const down: TargetCheck = { id: 'step-down', label: 'step back to 0.5x: last rejection', target: '≤ 2 s after the step', byContender: {} }
+    const admission = r.step.results.admission
+    if (admission !== undefined) {
+      // Where the recovery was slow: the goodput of each half-second from the step up.
+      const halves: number[] = []
+      const from = Math.round(admission.stepUpAt * 10)
+      for (let k = from; k + 5 <= Math.round(admission.stepDownAt * 10); k += 5) {
+        halves.push(admission.buckets.slice(k, k + 5).reduce((a, b) => a + b.good, 0) / 0.5 / C)
+      }
+      const missed = admission.recoveryTime === null || admission.recoveryTime > 1 || admission.goodputAfter1s < 0.9
+      if (missed && halves.length > 0) up.reason = `goodput per half-second from the step, % of capacity: ${halves.map(x => Math.round(x * 100)).join(', ')}`
+    }
     for (const [c, v] of Object.entries(r.step.results)) {
       up.byContender[c] = {
         value: `${v.recoveryTime === null ? 'never' : `${v.recoveryTime} s`}, then ${pct100(v.goodputAfter1s)}`,
