@@ -10,7 +10,10 @@ export interface TargetCheck {
   label: string
   target: string
   byContender: Record<string, { value: string, pass: boolean }>
-  /** For a target admission missed: what was measured in the same run that puts it out of reach. */
+  /**
+   * For a target admission missed: what was measured in the same run that puts it out of reach, or where
+   * in the run the miss lies (per second of a point, per half-second after a step).
+   */
   reason?: string
 }
 
