@@ -731,7 +731,7 @@ export async function runHello (cfg: BenchConfig, contenders: Contender[], round
 }
 
 /** CPU time of a process' main thread (the event loop) in ns, Linux only. */
-function mainThreadNs (pid: number | undefined): number | null {
+export function mainThreadNs (pid: number | undefined): number | null {
   if (pid === undefined) return null
   try {
     return Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0])
