@@ -31,7 +31,9 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
       if (p === undefined) continue
       // From the count: goodPerSec is stored rounded to 0.1/s (374.4 of 374.4/s read as 0.8999…).
       const share = p.stats.good / p.seconds / C
-      t.byContender[c] = { value: pct100(share), pass: share >= min }
+      const pass = share >= min
+      // A miss that rounds to the target itself is shown to a tenth ("94.7 %", not "95 %").
+      t.byContender[c] = { value: !pass && pct100(share) === pct100(min) ? `${(share * 100).toFixed(1)} %` : pct100(share), pass }
     }
     // When in the point the goodput was short: its first seconds follow the step up from the warm-up.
     const seconds = sweepAt('admission', mult)?.perSecond ?? []
