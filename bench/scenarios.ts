@@ -299,8 +299,11 @@ export interface SweepPoint {
   rate: number
   seconds: number
   stats: WindowStats
-  /** per second of scheduled time: good, 503, other failures, 2xx p99 and 503 p99 (ms) */
-  perSecond: Array<{ t: number, good: number, rejected: number, failed: number, okP99: number | null, rejP99: number | null }>
+  /**
+   * per second of scheduled time: good, 503, other failures, 2xx p99 and 503 p99 (ms), and the server's
+   * mean event-loop utilisation (absent in results from before 2026-12-07's night)
+   */
+  perSecond: Array<{ t: number, good: number, rejected: number, failed: number, okP99: number | null, rejP99: number | null, elu?: number }>
   gen: GenInfo
   server: ServerInfo
 }
@@ -326,7 +329,8 @@ export async function runSweep (cfg: BenchConfig, capacity: number, contenders: 
         rejected: w.rejected,
         failed: w.offered - w.good - w.rejected,
         okP99: round(w.okP99, 1),
-        rejP99: round(w.rejP99, 1)
+        rejP99: round(w.rejP99, 1),
+        elu: serverInfo(m, w.from, w.from + 1).meanElu
       }))
       points.push({ mult, rate, seconds, stats, perSecond, gen: genInfo(m.gen, m.interference), server: serverInfo(m, 0, seconds) })
       cfg.log(`  sweep ${c.padEnd(14)} ${String(mult).padStart(4)}x ${String(rate).padStart(5)}/s  goodput ${pct100(stats.goodPerSec / capacity)}  2xx p99 ${ms(stats.okP99)}  503 ${stats.rejected} (p99 ${ms(stats.rejP99)})  timeouts ${stats.timeouts}${flags(m)}`)

@@ -38,7 +38,7 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
     // When in the point the goodput was short: its first seconds follow the step up from the warm-up.
     const seconds = sweepAt('admission', mult)?.perSecond ?? []
     if (t.byContender.admission?.pass === false && seconds.length > 0) {
-      t.reason = `per second of the point, % of capacity: ${seconds.map(w => Math.round(w.good / C * 100)).join(', ')}`
+      t.reason = `per second of the point, % of capacity: ${seconds.map(w => Math.round(w.good / C * 100)).join(', ')}` + busyReading(seconds, C)
     }
     out.push(t)
   }
@@ -117,7 +117,15 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
       for (let k = Math.round(admission.stepUpAt * 10); k + 5 <= Math.round(admission.stepDownAt * 10); k += 5) {
         halves.push(admission.buckets.slice(k, k + 5).reduce((a, b) => a + b.good, 0) / 0.5 / C)
       }
-      if (halves.length > 0) up.reason = `goodput per half-second from the step, % of capacity: ${halves.map(x => Math.round(x * 100)).join(', ')}`
+      if (halves.length > 0) {
+        const elus = halves.map((_, i) => {
+          const from = admission.stepUpAt + i * 0.5
+          const points = admission.series.filter(p => p.t >= from && p.t < from + 0.5)
+          return points.length > 0 ? points.reduce((a, p) => a + p.elu, 0) / points.length : null
+        })
+        up.reason = `goodput per half-second from the step, % of capacity: ${halves.map(x => Math.round(x * 100)).join(', ')}` +
+          (elus.every(x => x !== null) ? `; the server's loop utilisation: ${elus.map(x => (x as number).toFixed(2)).join(', ')}` : '')
+      }
     }
     out.push(up, down)
   }
@@ -145,4 +153,17 @@ function helloReason (h: HelloResult): string {
   if (h.clock !== undefined) parts.push(`one clock read per request in that hook (clock-hook) reads ${h.clock.ratio.toFixed(3)} of bare (median ${h.median['clock-hook'] ?? 0}/s)`)
   if (h.floor !== undefined) parts.push(`the floor of any controller that bounds in-flight requests and times them (a count, a clock read at each end, a 'close' listener: permit-floor) reads ${h.floor.ratio.toFixed(3)} of bare (median ${h.median['permit-floor'] ?? 0}/s); the plugin reads ${h.floor.admissionRatio.toFixed(3)} of that floor`)
   return parts.join('; ')
+}
+
+/**
+ * For a goodput miss: the server's loop utilisation per second and its busy time per 2xx (refusals'
+ * share included), beside what a request costs at capacity. A loop busy throughout whose cost per 2xx
+ * falls over the point is a process still warming up, not one left idle. Empty for results without
+ * the utilisation.
+ */
+function busyReading (seconds: ReadonlyArray<{ good: number, elu?: number }>, capacity: number): string {
+  if (!seconds.every(w => w.elu !== undefined && w.good > 0)) return ''
+  const elus = seconds.map(w => (w.elu as number).toFixed(2)).join(', ')
+  const perGood = seconds.map(w => ((w.elu as number) * 1000 / w.good).toFixed(2)).join(', ')
+  return `; the server's loop utilisation: ${elus}; busy loop per 2xx, refusals included: ${perGood} ms (a request at capacity: ${(1000 / capacity).toFixed(2)} ms)`
 }
