@@ -8,9 +8,10 @@
 // spaced over 256 pre-opened connections (the sweep's) come one or two to a turn, and each pays that
 // cost alone. refuse-all (Fastify answering 503 to every request from an onRequest hook: the floor of
 // the hard cases) is run at 1x, 2x and 3x of capacity, a fresh process per round, after 1 s of
-// warm-up at the same rate; its loop's busy time per refusal is ELU × seconds ÷ refusals. With that
-// cost, goodputBound (hard-report.ts) gives the most a loop could serve at 2x and 3x if every request
-// it does not serve is refused at that cost. The bound is an estimate: under admission the loop is
+// warm-up at the same rate and 1 s without load. Per refusal it gives the loop's busy time (ELU ×
+// seconds ÷ refusals) and the main thread's CPU beyond its idle rate (schedstat: the kernel's work on
+// the thread's behalf counts). With each, goodputBound (hard-report.ts) gives the most a loop could
+// serve at 2x and 3x if every request it does not serve is refused at that cost. The bound is an estimate: under admission the loop is
 // busy, turns read more requests each, and a refusal may cost less than on the floor's idle loop.
 // Capacity is measured as `npm run bench` measures it unless given.
 import { goodputBound } from './hard-report.js'
