@@ -152,6 +152,15 @@ function helloReason (h: HelloResult): string {
   if (h.hook !== undefined) parts.push(`an onRequest hook that does nothing, registered the same way, reads ${h.hook.ratio.toFixed(3)} of bare (median ${h.median['empty-hook'] ?? 0}/s); the plugin reads ${h.hook.admissionRatio.toFixed(3)} of that hook`)
   if (h.clock !== undefined) parts.push(`one clock read per request in that hook (clock-hook) reads ${h.clock.ratio.toFixed(3)} of bare (median ${h.median['clock-hook'] ?? 0}/s)`)
   if (h.floor !== undefined) parts.push(`the floor of any controller that bounds in-flight requests and times them (a count, a clock read at each end, a 'close' listener: permit-floor) reads ${h.floor.ratio.toFixed(3)} of bare (median ${h.median['permit-floor'] ?? 0}/s); the plugin reads ${h.floor.admissionRatio.toFixed(3)} of that floor`)
+  // In CPU per request: what each reference adds to bare, against what the target allows.
+  const cpu = h.cpuPerRequestUs
+  const bare = cpu.bare
+  const added = (['empty-hook', 'clock-hook', 'permit-floor', 'admission'] as const)
+    .filter(c => cpu[c] !== undefined)
+    .map(c => `${c} ${((cpu[c] as number) - (bare as number) >= 0 ? '+' : '')}${((cpu[c] as number) - (bare as number)).toFixed(2)}`)
+  if (bare !== undefined && bare > 0 && added.length > 1) {
+    parts.push(`server CPU per request beyond bare's ${bare.toFixed(2)} µs: ${added.join(', ')} µs, where 0.98 of bare allows about +${(bare * (1 / 0.98 - 1)).toFixed(2)}`)
+  }
   return parts.join('; ')
 }
 
