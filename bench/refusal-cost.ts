@@ -17,7 +17,7 @@
 import { goodputBound } from './hard-report.js'
 import { installExitHandlers, killAllChildren, pinSelf, prepareServerBundle } from './proc.js'
 import { runOpenLoop } from './open-loop.js'
-import { mainThreadNs, measure, measureCapacity, serverInfo, withServer } from './scenarios.js'
+import { mainThreadNs, measure, measureCapacity, serverInfo, sleepMs, withServer } from './scenarios.js'
 import { median, windowStats } from './stats.js'
 
 const MULTIPLES = [1, 2, 3]
@@ -35,7 +35,6 @@ const capacity = given > 0
   ? given
   : (await measureCapacity({ quick: false, sloMs: 1000, timeoutMs: 10_000, drainMs: 10_000, log })).rps
 log(`capacity ${capacity}/s; refuse-all, ${rounds} fresh processes per rate, ${SECONDS} s each after 1 s of warm-up`)
-const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 for (const mult of MULTIPLES) {
   const rate = Math.round(capacity * mult)
   const byElu: number[] = []
@@ -45,7 +44,7 @@ for (const mult of MULTIPLES) {
       await runOpenLoop({ port: srv.port, phases: [{ seconds: 1, rate }], routes: '/work', drainMs: 1000, timeoutMs: 10_000 })
       // What the process spends with no request at all (its timers), per second, is left out.
       const idle0 = mainThreadNs(srv.pid)
-      await sleep(IDLE_MS)
+      await sleepMs(IDLE_MS)
       const idle1 = mainThreadNs(srv.pid)
       const m = await measure(srv, { phases: [{ seconds: SECONDS, rate }], routes: '/work', drainMs: 0, timeoutMs: 10_000 })
       const loaded = mainThreadNs(srv.pid)

@@ -127,7 +127,7 @@ export async function measure (srv: ServerHandle, o: MeasureOptions): Promise<Me
   return { gen, interference: intf, series, stalls, died }
 }
 
-async function sleepMs (ms: number): Promise<void> {
+export async function sleepMs (ms: number): Promise<void> {
   await new Promise(resolve => setTimeout(resolve, ms))
 }
 

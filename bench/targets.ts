@@ -3,7 +3,7 @@
 // report can show the baselines' figures next to the plugin's; PASS/FAIL of the
 // benchmark as a whole is the admission contender's.
 import type { BenchResults } from './results.js'
-import { ms, pct100, type HelloResult } from './scenarios.js'
+import { ms, pct100, serverInfo, type HelloResult } from './scenarios.js'
 
 export interface TargetCheck {
   id: string
@@ -118,13 +118,10 @@ export function checkTargets (r: BenchResults): TargetCheck[] {
         halves.push(admission.buckets.slice(k, k + 5).reduce((a, b) => a + b.good, 0) / 0.5 / C)
       }
       if (halves.length > 0) {
-        const elus = halves.map((_, i) => {
-          const from = admission.stepUpAt + i * 0.5
-          const points = admission.series.filter(p => p.t >= from && p.t < from + 0.5)
-          return points.length > 0 ? points.reduce((a, p) => a + p.elu, 0) / points.length : null
-        })
+        const run = { series: admission.series, died: false }
+        const elus = halves.map((_, i) => serverInfo(run, admission.stepUpAt + i * 0.5, admission.stepUpAt + (i + 1) * 0.5).meanElu)
         up.reason = `goodput per half-second from the step, % of capacity: ${halves.map(x => Math.round(x * 100)).join(', ')}` +
-          (elus.every(x => x !== null) ? `; the server's loop utilisation: ${elus.map(x => (x as number).toFixed(2)).join(', ')}` : '')
+          (admission.series.length > 0 ? `; the server's loop utilisation: ${elus.map(x => x.toFixed(2)).join(', ')}` : '')
       }
     }
     out.push(up, down)
