@@ -13,15 +13,13 @@
 // Under valgrind a request takes about 50 times as long, so the admission contender is given options
 // that let everything in (the measurement is of the admitted path; with defaults a process that slow
 // is rightly shed). Needs valgrind (`apt-get install valgrind`). One contender takes about 80 s.
-import { spawn, spawnSync } from 'node:child_process'
-import { once } from 'node:events'
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
-import { connect } from 'node:net'
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { Pool } from 'undici'
-import { commandExists, installExitHandlers, prepareServerBundle, track } from './proc.js'
+import { commandExists, installExitHandlers, prepareServerBundle, startServer } from './proc.js'
+import type { Contender } from './server.js'
 import { median } from './stats.js'
 
 const ADMIT_ALL = JSON.stringify({ minLimit: 1_000_000, maxLimit: 1_000_000, initialLimit: 1_000_000, turnBudget: 1000, congestionInterval: 10_000 })
@@ -31,19 +29,6 @@ const GC = /Scaveng|IterateObjectCache|RootScavenge|GarbageCollect|MarkCompact|S
 const COMPILE = /v8::internal::(compiler::|maglev::|interpreter::|baseline::|Compiler|Parser|Scanner|Zone|Deoptimizer|Ast)/
 
 interface Count { steady: number, gc: number, compile: number, refused: number }
-
-async function waitForPort (port: number, deadlineMs: number): Promise<void> {
-  const until = Date.now() + deadlineMs
-  for (;;) {
-    const ok = await new Promise<boolean>(resolve => {
-      const socket = connect(port, '127.0.0.1', () => { socket.destroy(); resolve(true) })
-      socket.on('error', () => { resolve(false) })
-    })
-    if (ok) return
-    if (Date.now() > until) throw new Error(`no server on port ${port}`)
-    await sleep(500)
-  }
-}
 
 /** `count` requests over a closed loop of CONNECTIONS connections; how many were not 2xx. */
 async function closedLoop (pool: Pool, count: number): Promise<number> {
@@ -84,29 +69,26 @@ function readDump (file: string, requests: number): Omit<Count, 'refused'> {
   return { steady: (total - gc - compile) / requests, gc: gc / requests, compile: compile / requests }
 }
 
-async function measure (bundle: string, contender: string, requests: number, dir: string, port: number): Promise<Count> {
-  const out = join(dir, `${contender}-${port}`)
-  const child = spawn('taskset', ['-c', '0', 'valgrind', '--tool=callgrind', '--toggle-collect=uv__stream_io', '--toggle-collect=uv__run_check',
-    `--callgrind-out-file=${out}`, process.execPath, '--single-threaded', bundle, '--contender', contender, '--port', String(port), '--series', 'off'], {
-    stdio: ['ignore', 'ignore', 'ignore'],
-    env: { ...process.env, ...(contender === 'admission' ? { BENCH_ADMISSION_OPTIONS: ADMIT_ALL } : {}) }
+async function measure (contender: Contender, requests: number, dir: string): Promise<Count> {
+  const srv = await startServer({
+    contender,
+    series: false,
+    wrapper: ['valgrind', '--tool=callgrind', '--toggle-collect=uv__stream_io', '--toggle-collect=uv__run_check', `--callgrind-out-file=${join(dir, contender)}-%p`],
+    nodeArgs: ['--single-threaded'],
+    startTimeoutMs: 120_000,
+    ...(contender === 'admission' ? { env: { BENCH_ADMISSION_OPTIONS: ADMIT_ALL } } : {})
   })
-  track(child)
-  const pid = child.pid as number
-  const pool = new Pool(`http://127.0.0.1:${port}`, { connections: CONNECTIONS })
+  const pid = String(srv.pid)
+  const pool = new Pool(`http://127.0.0.1:${srv.port}`, { connections: CONNECTIONS })
   try {
-    await waitForPort(port, 120_000)
     await closedLoop(pool, requests)
-    spawnSync('callgrind_control', ['-z', String(pid)])
+    spawnSync('callgrind_control', ['-z', pid])
     const refused = await closedLoop(pool, requests)
-    spawnSync('callgrind_control', ['-d', String(pid)])
-    const dump = readdirSync(dir).find(f => f.startsWith(`${contender}-${port}.`) && f.endsWith('.1'))
-    if (dump === undefined) throw new Error(`no callgrind dump for ${contender}`)
-    return { ...readDump(join(dir, dump), requests), refused }
+    spawnSync('callgrind_control', ['-d', pid])
+    return { ...readDump(join(dir, `${contender}-${pid}.1`), requests), refused }
   } finally {
     await pool.close()
-    child.kill('SIGINT')
-    await once(child, 'exit')
+    await srv.stop()
   }
 }
 
@@ -115,16 +97,14 @@ async function main (): Promise<void> {
   installExitHandlers()
   const requests = Number(process.argv[2] ?? 20_000)
   const rounds = Number(process.argv[3] ?? 1)
-  const contenders = (process.argv[4] ?? 'bare,empty-hook,clock-hook,permit-floor,admission').split(',')
-  const bundle = await prepareServerBundle()
-  if (bundle === undefined) throw new Error('could not bundle bench/server.ts (esbuild)')
+  const contenders = (process.argv[4] ?? 'bare,empty-hook,clock-hook,permit-floor,admission').split(',') as Contender[]
+  if (await prepareServerBundle() === undefined) throw new Error('could not bundle bench/server.ts (esbuild)')
   const dir = mkdtempSync(join(tmpdir(), 'instructions-'))
-  const counts = new Map<string, Count[]>()
+  const counts = new Map<Contender, Count[]>()
   try {
-    let port = 4100
     for (let round = 0; round < rounds; round++) {
       for (const contender of round % 2 === 0 ? contenders : [...contenders].reverse()) {
-        const count = await measure(bundle, contender, requests, dir, port++)
+        const count = await measure(contender, requests, dir)
         counts.set(contender, [...(counts.get(contender) ?? []), count])
         console.log(`round ${round + 1} ${contender}: steady ${Math.round(count.steady)}, gc ${Math.round(count.gc)}, compile ${Math.round(count.compile)} instructions a request; not 2xx ${count.refused}`)
       }
@@ -132,7 +112,7 @@ async function main (): Promise<void> {
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
-  const steady = (c: string): number => median((counts.get(c) ?? []).map(x => x.steady))
+  const steady = (c: Contender): number => median((counts.get(c) ?? []).map(x => x.steady))
   const bare = counts.has('bare') ? steady('bare') : NaN
   console.log(`\ninstructions a hello-world request (median of ${rounds}; ${requests} requests after ${requests} of warm-up; timers left out)`)
   console.log('contender        steady   beyond bare        gc   compile')

@@ -164,6 +164,11 @@ export interface StartOptions {
   cpu?: number
   /** extra environment */
   env?: Record<string, string>
+  /** A command and its arguments that run node (valgrind, say), and node's own flags. */
+  wrapper?: string[]
+  nodeArgs?: string[]
+  /** How long the server may take to answer its first request (default 15 s). */
+  startTimeoutMs?: number
 }
 
 let nextPort = 20000 + (process.pid % 500) * 20
@@ -196,6 +201,7 @@ export async function startServer (opts: StartOptions): Promise<ServerHandle> {
 
 async function startOn (port: number, opts: StartOptions): Promise<ServerHandle> {
   const args = [
+    ...(opts.nodeArgs ?? []),
     ...(serverBundle !== undefined ? [serverBundle] : ['--import', tsxImport, serverScript]),
     '--contender', opts.contender,
     '--port', String(port),
@@ -206,9 +212,10 @@ async function startOn (port: number, opts: StartOptions): Promise<ServerHandle>
     args.push('--stall-every-ms', String(opts.stallEveryMs), '--stall-ms', String(opts.stallMs))
   }
   const cpu = opts.cpu ?? 0
+  const node = [...(opts.wrapper ?? []), process.execPath, ...args]
   const [cmd, argv] = hasTaskset()
-    ? ['taskset', ['-c', String(cpu), process.execPath, ...args]]
-    : [process.execPath, args]
+    ? ['taskset', ['-c', String(cpu), ...node]]
+    : [node[0] as string, node.slice(1)]
   const child = spawn(cmd, argv as string[], {
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env, NODE_ENV: 'production' }
@@ -241,7 +248,8 @@ async function startOn (port: number, opts: StartOptions): Promise<ServerHandle>
       } catch {}
     })
   }
-  const deadline = Date.now() + 15000
+  const startMs = opts.startTimeoutMs ?? 15000
+  const deadline = Date.now() + startMs
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) {
       throw new Error(`server ${opts.contender} exited during start: ${handle.stderr.slice(0, 2000)}`)
@@ -250,7 +258,7 @@ async function startOn (port: number, opts: StartOptions): Promise<ServerHandle>
     await sleep(40)
   }
   await handle.stop()
-  throw new Error(`server ${opts.contender} did not answer within 15 s: ${handle.stderr.slice(0, 2000)}`)
+  throw new Error(`server ${opts.contender} did not answer within ${startMs / 1000} s: ${handle.stderr.slice(0, 2000)}`)
 }
 
 /** Runs a command (pinned like this process) and returns its stdout. Bounded by timeoutMs. */
