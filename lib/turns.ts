@@ -67,6 +67,22 @@ export const ACCEPT_RUN_SHARE = 0.25
 export const STALL_SHARE = 0.25
 /** While connections wait to be accepted, a turn reads requests for this long before refusing, ms. */
 export const ACCEPT_BUDGET_MS = 0.5
+/**
+ * Busy turns in a row that each accepted a connection before a process that has not learned its
+ * capacity treats them as a surge (see surge()). Measured on 2026-12-08, 10x bursts of a fresh process
+ * (bench/hard.ts burst-10x, three runs each): with 6, the first refusal came 11-13 ms into the burst and
+ * 5 requests were admitted in its first 100 ms; with 3, 4-6 ms, but one run of three admitted 47 (the
+ * run breaks more often, and each break let requests in); ACCEPT_RUN's 16 with its span took 35-113 ms
+ * and admitted 25-38.
+ */
+export const SURGE_RUN = 6
+/**
+ * ... over at least this share of the interval (10 ms of the default 100; the 6th turn of a 10x burst
+ * closed 11-13 ms into it). A pool opening a few dozen connections at once on a light route is let in
+ * within it: without a span, 20 connections opened at once by this project's tests had their requests
+ * refused by a fresh app.
+ */
+export const SURGE_SHARE = 0.1
 
 /**
  * Where a route's runs at admission are kept: the shortest of the current window, ms (Infinity while
@@ -194,6 +210,15 @@ export class LoopTurns {
    */
   acceptBacklog (): boolean {
     return this.refusalsShorten && this.#acceptRun >= ACCEPT_RUN && this.#lastEnd - this.#acceptSince >= ACCEPT_RUN_SHARE * this.#settings.intervalMs
+  }
+
+  /**
+   * Connections keep arriving: the last SURGE_RUN turns or more each accepted one, over at least
+   * SURGE_SHARE of the interval, the loop never idling in between. No refusalsShorten: the controller
+   * asks only while the process has not learned what a request costs (admission.ts, the cold surge rule).
+   */
+  surge (): boolean {
+    return this.#acceptRun >= SURGE_RUN && this.#lastEnd - this.#acceptSince >= SURGE_SHARE * this.#settings.intervalMs
   }
 
   /**

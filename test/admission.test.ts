@@ -4,7 +4,7 @@ import {
   type ControllerSettings, type WindowReport
 } from '../lib/admission.js'
 import { RUN_SMOOTHING, type RouteCost } from '../lib/costs.js'
-import { ACCEPT_RUN, LoopTurns } from '../lib/turns.js'
+import { ACCEPT_RUN, LoopTurns, SURGE_RUN } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
 
 const base: ControllerSettings = {
@@ -259,7 +259,12 @@ t.test('a synchronous overload is shed by the turn budget although in-flight sta
 })
 
 t.test('connections waiting to be accepted: the limit is enforced at a quarter', async t => {
-  const { loop, turns, c } = withTurns({ initialLimit: 8 })
+  // Learned first: a process that has not learned its capacity refuses everything in such a run (the
+  // cold surge rule, below).
+  const { loop, turns, c } = withTurns({ initialLimit: 8, maxLimit: 8 })
+  learn400(loop, c, 100)
+  t.equal(c.limit, 8)
+  loop.wait(1)
   for (let i = 0; i < ACCEPT_RUN; i++) {
     turns.connection()
     loop.work(4)
@@ -270,6 +275,56 @@ t.test('connections waiting to be accepted: the limit is enforced at a quarter',
   t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
   t.equal(c.acquire(DEFAULT_CLASS), 'rejected', '2 of 8 in flight')
   loop.endTurn()
+})
+
+t.test('regression: a fresh process admitted the first 100 ms of a 10x burst of clients opening connections', async t => {
+  // Each turn accepts a connection and reads the request of the one before it: turns of 2 ms (1.5 ms of
+  // a cold route, and the accept), 10 in the burst's first 20 ms as traced. Nothing is learned yet, and
+  // the limit (50) is far away.
+  const { loop, turns, c } = withTurns({ initialLimit: 50 })
+  loop.wait(2000)
+  const verdicts: string[] = []
+  for (let i = 0; i < 20; i++) {
+    turns.connection()
+    verdicts.push(c.acquire(DEFAULT_CLASS))
+    loop.work(2)
+    loop.endTurn()
+  }
+  t.same(verdicts.slice(0, SURGE_RUN), Array(SURGE_RUN).fill('admitted'), 'the first turns of a run, as a pool opening at once')
+  t.same(verdicts.slice(SURGE_RUN), Array(20 - SURGE_RUN).fill('rejected'), 'then every request while connections keep coming')
+  t.equal(c.totals.rejected.limit, 20 - SURGE_RUN)
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'a turn without a new connection: the run ends with it')
+  loop.work(1.5)
+  loop.endTurn()
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'the run is over')
+  loop.endTurn()
+  loop.wait(1)
+  for (let i = 0; i < 20; i++) {
+    turns.connection()
+    c.acquire(DEFAULT_CLASS)
+    loop.work(1.5)
+    loop.endTurn()
+  }
+  t.equal(turns.surge(), true)
+  t.equal(c.limiter.capacity, 0)
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'a second surge, still cold')
+  loop.endTurn()
+})
+
+t.test('a surge is left to the other rules once the capacity is learned', async t => {
+  const { loop, turns, c } = withTurns({ initialLimit: 50 })
+  learn400(loop, c, 100)
+  t.ok(c.limiter.capacity > 0, `learned ${Math.round(c.limiter.capacity)}/s`)
+  loop.wait(1)
+  const verdicts: string[] = []
+  for (let i = 0; i < SURGE_RUN + 2; i++) {
+    turns.connection()
+    verdicts.push(c.acquire(DEFAULT_CLASS))
+    loop.work(1.5)
+    loop.endTurn()
+  }
+  t.equal(turns.surge(), true)
+  t.same(verdicts, Array(SURGE_RUN + 2).fill('admitted'))
 })
 
 /** Opens `connections` connections at once on a busy loop: one accepted per turn of `ms`. */

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { ACCEPT_BUDGET_MS, ACCEPT_RUN, ACCEPT_RUN_SHARE, LoopTurns } from '../lib/turns.js'
+import { ACCEPT_BUDGET_MS, ACCEPT_RUN, ACCEPT_RUN_SHARE, LoopTurns, SURGE_RUN, SURGE_SHARE } from '../lib/turns.js'
 import { fakeLoop, type FakeLoop } from './helpers/loop.js'
 
 const settings = { budgetMs: 5, intervalMs: 100 }
@@ -211,6 +211,36 @@ t.test('a cold burst of clients opening connections is an accept backlog after a
     turn(loop, turns, 1, 1.5)
   }
   t.equal(turns.acceptBacklog(), true, `${ACCEPT_RUN + 2} turns over 27 ms: half the interval would wait for 50`)
+})
+
+t.test('a surge: a connection in each of SURGE_RUN busy turns in a row, over a tenth of the interval', async t => {
+  t.equal(SURGE_SHARE * settings.intervalMs, 10)
+  const loop = fakeLoop()
+  const turns = new LoopTurns(settings, loop.clock)
+  loop.wait(2000)
+  for (let i = 0; i < 3 * SURGE_RUN; i++) {
+    turns.connection()
+    turn(loop, turns, 1, 0.3)
+  }
+  t.equal(turns.surge(), false, `${3 * SURGE_RUN} turns in a row over ${(3 * SURGE_RUN * 0.3).toFixed(1)} ms: a pool opening at once`)
+  turns.connection()
+  turn(loop, turns, 1, 5)
+  t.equal(turns.surge(), true, 'the same run past 10 ms')
+  turn(loop, turns, 1, 1)
+  t.equal(turns.surge(), false, 'a turn without a connection ends it')
+  for (let i = 0; i < SURGE_RUN - 1; i++) {
+    turns.connection()
+    turn(loop, turns, 1, 2.5)
+  }
+  t.equal(turns.surge(), false, `${SURGE_RUN - 1} turns, however long`)
+  turns.connection()
+  turn(loop, turns, 1, 2.5)
+  t.equal(turns.surge(), true, `${SURGE_RUN} turns over 15 ms`)
+  t.equal(turns.acceptBacklog(), false, 'not yet an accept backlog: too few turns')
+  loop.wait(1)
+  turns.connection()
+  t.equal(turns.surge(), false, 'the loop waited: the connections were not queued')
+  loop.endTurn()
 })
 
 t.test('no accept backlog while refusals would not shorten the turns', async t => {
