@@ -77,7 +77,8 @@ export interface AdmissionOptions {
   /**
    * How long the loop must stay busy (turns late, or no idle moment) before it counts as overloaded,
    * milliseconds (10-10000); a twentieth of it once in-flight has reached a learned limit. The accept
-   * backlog needs 16 turns that each accepted a connection spanning a quarter of it. Shorter reacts
+   * backlog needs 16 turns that each accepted a connection spanning a quarter of it, the cold surge
+   * (a process that has not learned its capacity) 6 spanning a tenth. Shorter reacts
    * faster to a burst; longer refuses less when random arrivals below capacity bunch up.
    * @defaultValue 100
    */
