@@ -264,6 +264,13 @@ export const DEMAND_RATE = 1.5
 /** ... past this share of the last window's length, this window's arrivals alone can show it. */
 export const DEMAND_WINDOW_SHARE = 0.25
 
+/**
+ * The cold surge rule applies while the process has admitted fewer requests than this: it is for a
+ * process whose code has not run yet. One that learns no capacity for another reason (fewer than a
+ * handful of completions every 2 s, or only long-lived streams) is warm after this many.
+ */
+export const COLD_ADMISSIONS = 100
+
 /** Completions the capacity estimate must have seen before saturation is offered ÷ capacity. */
 export const SATURATION_CONFIDENCE = 300
 /** Time constant of the saturation's smoothing, ms: a scrape every few seconds sees a stable figure. */
@@ -341,6 +348,8 @@ export class AdmissionController {
   #episodeStart = 0
   #episodeRefused = 0
   #lastRefusalAt = 0
+  /** The cold surge rule has refused (it keeps the limit at a quarter until the capacity is learned). */
+  #surged = false
 
   constructor (settings: ControllerSettings, nowMs: number, hooks: ControllerHooks = {}) {
     this.#settings = settings
@@ -453,20 +462,24 @@ export class AdmissionController {
         : Math.max(this.#stallAllowance, Math.ceil(this.limiter.capacity * Math.min(turns.stallMs, STALL_ALLOWANCE_MAX_MS) / 1000))
     }
     if (!this.#graceOver) return false
-    // The cold surge rule. A process that has not learned its capacity (fewer than the limit's first
-    // sample of completions) does not know what a request costs, and its code is not compiled yet: on
-    // 2026-12-08 a fresh process spent about 200 µs of loop on each refusal in its first 0.4 s (60 µs
-    // warm) and 1.5 ms reading each request of a 1+1 ms route. Connections that arrive in every turn
-    // mean more clients than turns, and libuv accepts one a turn: what the process admits now makes the
-    // turns long, the clients that open connections on demand open hundreds, and the listen queue
-    // overflows (its clients retry after 1 s). In 10x bursts of a fresh process the plugin admitted 25-38
-    // requests in the burst's first 100 ms before the accept backlog rule or the first window could
-    // act, and the 503s' p99 read 0.08-1.18 s (listen drops in half the runs); refusing while such a run
-    // holds, 20-24 ms in three of three runs, goodput 79-85 % (bench/hard.ts burst-10x). The run ends at
-    // the first turn without a new connection or an idle moment, and what is admitted then teaches the
-    // capacity that ends the rule.
-    if (this.limiter.capacity === 0 && turns.surge()) return true
-    const backlog = turns.acceptBacklog()
+    // The cold surge rule (README, "Loop turns"): a process that has not learned its capacity, early in
+    // its life, refuses what it reads while connections arrive in every busy turn (turns.surge()). It
+    // does not know what a request costs, its code is not compiled yet, and what it admits makes the
+    // turns long while libuv accepts one connection a turn: clients that open connections on demand
+    // open hundreds, and the 503s wait in the kernel until the code is warm. The run ends at the
+    // first turn without a new connection or with an idle moment, and what is admitted then teaches
+    // the capacity that ends the rule. Counted as the limit's refusals. Not in observe mode: nothing
+    // is shed there, the turns stay long and the run lasts longer than under enforce.
+    const cold = this.limiter.capacity === 0
+    if (cold && this.totals.admitted < COLD_ADMISSIONS && this.mode === 'enforce' && turns.surge()) {
+      this.#surged = true
+      return true
+    }
+    // Between the runs of a surge, until the capacity is learned, the limit is enforced as while
+    // connections wait: at a quarter. Without this, each break of the run admitted up to the initial
+    // limit blind, and in 4x bursts of a fresh process their continuations came back as trains (503
+    // p99 131 and 261 ms in two runs of four, 20-36 ms before the rule and in the other two).
+    const backlog = turns.acceptBacklog() || (cold && this.#surged)
     if (!this.#enforcing) {
       if (!backlog && !turns.standing() && !this.#enforcesEarly(turns)) return false
       this.#enforcing = true

@@ -16,6 +16,8 @@
 //     learned: it works from a process's first request.
 //   - accept backlog: many turns in a row, without an idle moment, each accepted a connection. Clients
 //     that open connections on demand wait in the kernel until short turns let them in.
+//   - surge: a shorter such run, which a process that has not learned its capacity refuses during
+//     (admission.ts).
 // A burst of random arrivals below capacity makes a few late turns and then idles; an overload does not.
 
 export interface TurnSettings {
@@ -69,18 +71,17 @@ export const STALL_SHARE = 0.25
 export const ACCEPT_BUDGET_MS = 0.5
 /**
  * Busy turns in a row that each accepted a connection before a process that has not learned its
- * capacity treats them as a surge (see surge()). Measured on 2026-12-08, 10x bursts of a fresh process
- * (bench/hard.ts burst-10x, three runs each): with 6, the first refusal came 11-13 ms into the burst and
- * 5 requests were admitted in its first 100 ms; with 3, 4-6 ms, but one run of three admitted 47 (the
- * run breaks more often, and each break let requests in); ACCEPT_RUN's 16 with its span took 35-113 ms
- * and admitted 25-38.
+ * capacity treats them as a surge (see surge()). Traced on 2026-12-08 in 10x bursts of a fresh process
+ * (bench/hard.ts burst-10x, three runs each, before the span below): with 6, the first refusal came
+ * 11-13 ms into the burst and 5 requests were admitted in its first 100 ms; with 3, 4-6 ms, but one run
+ * of three admitted 47 (the run breaks more often, and each break let requests in).
  */
 export const SURGE_RUN = 6
 /**
  * ... over at least this share of the interval (10 ms of the default 100; the 6th turn of a 10x burst
- * closed 11-13 ms into it). A pool opening a few dozen connections at once on a light route is let in
- * within it: without a span, 20 connections opened at once by this project's tests had their requests
- * refused by a fresh app.
+ * closed 11-13 ms into it). Wall time: a long first turn (lazy initialisation, a GC) counts in it. A
+ * pool opening a few dozen connections at once on a light route is let in within it: without a span,
+ * 20 connections opened at once by this project's tests had their requests refused by a fresh app.
  */
 export const SURGE_SHARE = 0.1
 

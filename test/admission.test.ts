@@ -1,6 +1,6 @@
 import t from 'tap'
 import {
-  AdmissionController, CHEAP_REQUEST_MS, DEFAULT_CLASS, PACED_MIN_COST_MS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
+  AdmissionController, CHEAP_REQUEST_MS, COLD_ADMISSIONS, DEFAULT_CLASS, PACED_MIN_COST_MS, SATURATION_CONFIDENCE, SATURATION_SMOOTHING_MS, STALL_ALLOWANCE_MAX_MS, STALL_DRAIN_SHARE,
   type ControllerSettings, type WindowReport
 } from '../lib/admission.js'
 import { RUN_SMOOTHING, type RouteCost } from '../lib/costs.js'
@@ -293,7 +293,7 @@ t.test('regression: a fresh process admitted the first 100 ms of a 10x burst of 
   t.same(verdicts.slice(0, SURGE_RUN), Array(SURGE_RUN).fill('admitted'), 'the first turns of a run, as a pool opening at once')
   t.same(verdicts.slice(SURGE_RUN), Array(20 - SURGE_RUN).fill('rejected'), 'then every request while connections keep coming')
   t.equal(c.totals.rejected.limit, 20 - SURGE_RUN)
-  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'a turn without a new connection: the run ends with it')
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'a turn without a new connection: still refused, the run ends when this turn closes')
   loop.work(1.5)
   loop.endTurn()
   t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'the run is over')
@@ -309,6 +309,64 @@ t.test('regression: a fresh process admitted the first 100 ms of a 10x burst of 
   t.equal(c.limiter.capacity, 0)
   t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'a second surge, still cold')
   loop.endTurn()
+})
+
+/** `n` busy turns of `ms`, each accepting a connection and reading one request; the verdicts. */
+function surgeTurns (loop: FakeLoop, turns: LoopTurns, c: AdmissionController, n: number, ms: number): string[] {
+  const verdicts: string[] = []
+  for (let i = 0; i < n; i++) {
+    turns.connection()
+    verdicts.push(c.acquire(DEFAULT_CLASS))
+    loop.work(ms)
+    loop.endTurn()
+  }
+  return verdicts
+}
+
+t.test('regression: between the runs of a cold surge, a 4x burst of a fresh process was admitted blind', async t => {
+  const { loop, turns, c } = withTurns({ initialLimit: 8 })
+  loop.wait(2000)
+  t.same(surgeTurns(loop, turns, c, SURGE_RUN + 2, 2), [...Array(SURGE_RUN).fill('admitted'), 'rejected', 'rejected'])
+  t.equal(c.inflight, SURGE_RUN)
+  loop.wait(1)
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', `${SURGE_RUN} in flight: over a quarter of the limit (2)`)
+  t.equal(turns.surge(), false, 'the loop idled: the run is broken')
+  for (let i = 0; i < SURGE_RUN - 1; i++) c.release(20, true)
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', '1 in flight')
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', '2 in flight')
+  loop.endTurn()
+})
+
+t.test('a pool of 20 connections opened at once on a light route: a fresh process admits them all', async t => {
+  const { loop, turns, c } = withTurns({ initialLimit: 50 })
+  loop.wait(2000)
+  t.same(surgeTurns(loop, turns, c, 20, 0.3), Array(20).fill('admitted'), '20 turns of 0.3 ms: under the 10 ms span')
+})
+
+t.test('the cold surge rule is off during the startup grace and in observe mode', async t => {
+  // 12 turns of 2 ms: a surge, not yet an accept backlog (16 turns over 25 ms).
+  const grace = withTurns({ initialLimit: 50, graceMs: 1000 })
+  grace.loop.wait(2000)
+  t.same(surgeTurns(grace.loop, grace.turns, grace.c, 12, 2), Array(12).fill('admitted'))
+  t.equal(grace.turns.surge(), true)
+  const observe = withTurns({ initialLimit: 50, mode: 'observe' })
+  observe.loop.wait(2000)
+  t.same(surgeTurns(observe.loop, observe.turns, observe.c, 12, 2), Array(12).fill('admitted'), 'not even a would-be refusal')
+  t.equal(observe.turns.surge(), true)
+  t.equal(observe.c.totals.observed.limit, 0)
+})
+
+t.test('the cold surge rule is off once the process has admitted COLD_ADMISSIONS requests, capacity learned or not', async t => {
+  const { loop, turns, c } = withTurns({ initialLimit: 50 })
+  for (let i = 0; i < COLD_ADMISSIONS; i++) {
+    t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+    c.release(20, true)
+    loop.endTurn()
+    loop.wait(1)
+  }
+  t.equal(c.limiter.capacity, 0, 'no window closed: nothing learned')
+  t.same(surgeTurns(loop, turns, c, 12, 2), Array(12).fill('admitted'), 'a surge, not yet an accept backlog')
+  t.equal(turns.surge(), true)
 })
 
 t.test('a surge is left to the other rules once the capacity is learned', async t => {

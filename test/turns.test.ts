@@ -232,7 +232,7 @@ t.test('a surge: a connection in each of SURGE_RUN busy turns in a row, over a t
     turns.connection()
     turn(loop, turns, 1, 2.5)
   }
-  t.equal(turns.surge(), false, `${SURGE_RUN - 1} turns, however long`)
+  t.equal(turns.surge(), false, `${SURGE_RUN - 1} turns over 12.5 ms: too few`)
   turns.connection()
   turn(loop, turns, 1, 2.5)
   t.equal(turns.surge(), true, `${SURGE_RUN} turns over 15 ms`)
