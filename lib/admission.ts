@@ -348,7 +348,7 @@ export class AdmissionController {
   #episodeStart = 0
   #episodeRefused = 0
   #lastRefusalAt = 0
-  /** The cold surge rule has refused (it keeps the limit at a quarter until the capacity is learned). */
+  /** The cold surge rule has refused (it keeps the limit at a quarter while the process is cold). */
   #surged = false
 
   constructor (settings: ControllerSettings, nowMs: number, hooks: ControllerHooks = {}) {
@@ -470,12 +470,12 @@ export class AdmissionController {
     // first turn without a new connection or with an idle moment, and what is admitted then teaches
     // the capacity that ends the rule. Counted as the limit's refusals. Not in observe mode: nothing
     // is shed there, the turns stay long and the run lasts longer than under enforce.
-    const cold = this.limiter.capacity === 0
-    if (cold && this.totals.admitted < COLD_ADMISSIONS && this.mode === 'enforce' && turns.surge()) {
+    const cold = this.limiter.capacity === 0 && this.totals.admitted < COLD_ADMISSIONS
+    if (cold && this.mode === 'enforce' && turns.surge()) {
       this.#surged = true
       return true
     }
-    // Between the runs of a surge, until the capacity is learned, the limit is enforced as while
+    // Between the runs of a surge, while the process is still cold, the limit is enforced as while
     // connections wait: at a quarter. Without this, each break of the run admitted up to the initial
     // limit blind, and in 4x bursts of a fresh process their continuations came back as trains (503
     // p99 131 and 261 ms in two runs of four, 20-36 ms before the rule and in the other two).

@@ -335,6 +335,22 @@ t.test('regression: between the runs of a cold surge, a 4x burst of a fresh proc
   t.equal(c.acquire(DEFAULT_CLASS), 'admitted', '1 in flight')
   t.equal(c.acquire(DEFAULT_CLASS), 'rejected', '2 in flight')
   loop.endTurn()
+  // Warm after COLD_ADMISSIONS admissions, capacity learned or not (a service of long-lived streams
+  // learns none): the quarter ends with the rule.
+  c.release(20, true)
+  c.release(20, true)
+  for (let i = c.totals.admitted; i < COLD_ADMISSIONS; i++) {
+    loop.wait(1)
+    t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+    c.release(20, true)
+    loop.endTurn()
+  }
+  loop.wait(1)
+  t.equal(c.limiter.capacity, 0)
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted')
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', '2 in flight: the quarter (2) is over, the limit is 8')
+  loop.endTurn()
 })
 
 t.test('a pool of 20 connections opened at once on a light route: a fresh process admits them all', async t => {
