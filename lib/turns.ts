@@ -210,7 +210,7 @@ export class LoopTurns {
    * Never while `refusalsShorten` is false.
    */
   acceptBacklog (): boolean {
-    return this.refusalsShorten && this.#acceptRun >= ACCEPT_RUN && this.#lastEnd - this.#acceptSince >= ACCEPT_RUN_SHARE * this.#settings.intervalMs
+    return this.refusalsShorten && this.#acceptedFor(ACCEPT_RUN, ACCEPT_RUN_SHARE)
   }
 
   /**
@@ -219,7 +219,12 @@ export class LoopTurns {
    * asks only while the process has not learned what a request costs (admission.ts, the cold surge rule).
    */
   surge (): boolean {
-    return this.#acceptRun >= SURGE_RUN && this.#lastEnd - this.#acceptSince >= SURGE_SHARE * this.#settings.intervalMs
+    return this.#acceptedFor(SURGE_RUN, SURGE_SHARE)
+  }
+
+  /** The last `turns` turns or more each accepted a connection, over at least `share` of the interval. */
+  #acceptedFor (turns: number, share: number): boolean {
+    return this.#acceptRun >= turns && this.#lastEnd - this.#acceptSince >= share * this.#settings.intervalMs
   }
 
   /**

@@ -277,40 +277,6 @@ t.test('connections waiting to be accepted: the limit is enforced at a quarter',
   loop.endTurn()
 })
 
-t.test('regression: a fresh process admitted the first 100 ms of a 10x burst of clients opening connections', async t => {
-  // Each turn accepts a connection and reads the request of the one before it: turns of 2 ms (1.5 ms of
-  // a cold route, and the accept), 10 in the burst's first 20 ms as traced. Nothing is learned yet, and
-  // the limit (50) is far away.
-  const { loop, turns, c } = withTurns({ initialLimit: 50 })
-  loop.wait(2000)
-  const verdicts: string[] = []
-  for (let i = 0; i < 20; i++) {
-    turns.connection()
-    verdicts.push(c.acquire(DEFAULT_CLASS))
-    loop.work(2)
-    loop.endTurn()
-  }
-  t.same(verdicts.slice(0, SURGE_RUN), Array(SURGE_RUN).fill('admitted'), 'the first turns of a run, as a pool opening at once')
-  t.same(verdicts.slice(SURGE_RUN), Array(20 - SURGE_RUN).fill('rejected'), 'then every request while connections keep coming')
-  t.equal(c.totals.rejected.limit, 20 - SURGE_RUN)
-  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'a turn without a new connection: still refused, the run ends when this turn closes')
-  loop.work(1.5)
-  loop.endTurn()
-  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'the run is over')
-  loop.endTurn()
-  loop.wait(1)
-  for (let i = 0; i < 20; i++) {
-    turns.connection()
-    c.acquire(DEFAULT_CLASS)
-    loop.work(1.5)
-    loop.endTurn()
-  }
-  t.equal(turns.surge(), true)
-  t.equal(c.limiter.capacity, 0)
-  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'a second surge, still cold')
-  loop.endTurn()
-})
-
 /** `n` busy turns of `ms`, each accepting a connection and reading one request; the verdicts. */
 function surgeTurns (loop: FakeLoop, turns: LoopTurns, c: AdmissionController, n: number, ms: number): string[] {
   const verdicts: string[] = []
@@ -322,6 +288,29 @@ function surgeTurns (loop: FakeLoop, turns: LoopTurns, c: AdmissionController, n
   }
   return verdicts
 }
+
+t.test('regression: a fresh process admitted the first 100 ms of a 10x burst of clients opening connections', async t => {
+  // Each turn accepts a connection and reads the request of the one before it: turns of 2 ms (1.5 ms of
+  // a cold route, and the accept), 10 in the burst's first 20 ms as traced. Nothing is learned yet, and
+  // the limit (50) is far away.
+  const { loop, turns, c } = withTurns({ initialLimit: 50 })
+  loop.wait(2000)
+  const verdicts = surgeTurns(loop, turns, c, 20, 2)
+  t.same(verdicts.slice(0, SURGE_RUN), Array(SURGE_RUN).fill('admitted'), 'the first turns of a run, as a pool opening at once')
+  t.same(verdicts.slice(SURGE_RUN), Array(20 - SURGE_RUN).fill('rejected'), 'then every request while connections keep coming')
+  t.equal(c.totals.rejected.limit, 20 - SURGE_RUN)
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'a turn without a new connection: still refused, the run ends when this turn closes')
+  loop.work(1.5)
+  loop.endTurn()
+  t.equal(c.acquire(DEFAULT_CLASS), 'admitted', 'the run is over')
+  loop.endTurn()
+  loop.wait(1)
+  surgeTurns(loop, turns, c, 20, 1.5)
+  t.equal(turns.surge(), true)
+  t.equal(c.limiter.capacity, 0)
+  t.equal(c.acquire(DEFAULT_CLASS), 'rejected', 'a second surge, still cold')
+  loop.endTurn()
+})
 
 t.test('regression: between the runs of a cold surge, a 4x burst of a fresh process was admitted blind', async t => {
   const { loop, turns, c } = withTurns({ initialLimit: 8 })
@@ -390,13 +379,7 @@ t.test('a surge is left to the other rules once the capacity is learned', async 
   learn400(loop, c, 100)
   t.ok(c.limiter.capacity > 0, `learned ${Math.round(c.limiter.capacity)}/s`)
   loop.wait(1)
-  const verdicts: string[] = []
-  for (let i = 0; i < SURGE_RUN + 2; i++) {
-    turns.connection()
-    verdicts.push(c.acquire(DEFAULT_CLASS))
-    loop.work(1.5)
-    loop.endTurn()
-  }
+  const verdicts = surgeTurns(loop, turns, c, SURGE_RUN + 2, 1.5)
   t.equal(turns.surge(), true)
   t.same(verdicts, Array(SURGE_RUN + 2).fill('admitted'))
 })
